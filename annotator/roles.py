@@ -1,0 +1,34 @@
+"""Roles are Django groups: ``annotator`` and ``researcher``; admins are staff users.
+
+Admins can do everything a researcher can; nobody but an annotator is served items.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ANNOTATOR = "annotator"
+RESEARCHER = "researcher"
+ROLES = (ANNOTATOR, RESEARCHER)
+
+
+def _in_group(user: Any, name: str) -> bool:
+    if not user.is_authenticated:
+        return False
+    cache = getattr(user, "_facebench_groups", None)
+    if cache is None:
+        cache = set(user.groups.values_list("name", flat=True))
+        user._facebench_groups = cache
+    return name in cache
+
+
+def is_researcher(user: Any) -> bool:
+    return bool(user.is_authenticated and (user.is_staff or _in_group(user, RESEARCHER)))
+
+
+def is_annotator(user: Any) -> bool:
+    return _in_group(user, ANNOTATOR)
+
+
+def is_admin(user: Any) -> bool:
+    return bool(user.is_authenticated and user.is_staff)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from benchmark.models import MetricVersion, Report, Score
+
+
+@admin.register(MetricVersion)
+class MetricVersionAdmin(admin.ModelAdmin):
+    list_display = ("id", "metric", "label", "level", "weights_sha256", "code_version", "created_at")
+    list_filter = ("metric", "level")
+
+
+@admin.register(Score)
+class ScoreAdmin(admin.ModelAdmin):
+    list_display = ("id", "metric_version", "generation", "face", "value", "error")
+    list_filter = ("metric_version",)
+    raw_id_fields = ("generation", "face")
+
+
+@admin.register(Report)
+class ReportAdmin(admin.ModelAdmin):
+    list_display = ("id", "title", "created_by", "created_at")
+    filter_horizontal = ("campaigns", "metric_versions")

@@ -1,0 +1,85 @@
+"""The research side: metric versions, scores and frozen reports.
+
+``annotator`` never imports this module: the annotation screens cannot show a metric value that
+their code cannot reach.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings as django_settings
+from django.db import models
+from django.db.models import Q
+
+from annotator.models import Face, Generation
+
+
+class MetricVersion(models.Model):
+    class Level(models.TextChoices):
+        IMAGE = "image"
+        FACE = "face"
+
+    metric = models.CharField(max_length=100)  # registry name, e.g. "imagereward", "face_score"
+    label = models.CharField(max_length=200, blank=True, default="")
+    level = models.CharField(max_length=8, choices=Level.choices)
+    higher_is_better = models.BooleanField(default=True)
+    weights_sha256 = models.CharField(max_length=64, blank=True, default="")
+    code_version = models.CharField(max_length=64, blank=True, default="")
+    settings = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["metric", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["metric", "weights_sha256", "code_version", "settings"],
+                name="metric_version_unique",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.label or f"{self.metric} ({self.weights_sha256[:8] or 'no weights'})"
+
+
+class Score(models.Model):
+    """One metric version's value for one generation (image level) or one face (face level)."""
+
+    metric_version = models.ForeignKey(MetricVersion, on_delete=models.CASCADE, related_name="scores")
+    generation = models.ForeignKey(Generation, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    face = models.ForeignKey(Face, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    value = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")  # why there is no value (poison item, no face)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(generation__isnull=False) & Q(face__isnull=True))
+                | (Q(generation__isnull=True) & Q(face__isnull=False)),
+                name="score_has_one_target",
+            ),
+            models.UniqueConstraint(
+                fields=["metric_version", "generation"], condition=Q(face__isnull=True), name="score_unique_generation"
+            ),
+            models.UniqueConstraint(
+                fields=["metric_version", "face"], condition=Q(generation__isnull=True), name="score_unique_face"
+            ),
+        ]
+
+
+class Report(models.Model):
+    """A frozen alignment analysis: its inputs and settings, so it can be rebuilt identically."""
+
+    title = models.CharField(max_length=200)
+    campaigns = models.ManyToManyField("annotator.Campaign", related_name="+")
+    metric_versions = models.ManyToManyField(MetricVersion, related_name="reports")
+    settings = models.JSONField(default=dict, blank=True)
+    results = models.JSONField(default=dict, blank=True)
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,0 +1,67 @@
+"""Long-running work (detection, scoring, reports, training) as database rows.
+
+A ``Job`` is created by a service, sent to a Celery queue by id, and updated by the worker through
+``jobs.progress``. Its state lives here, not in Celery's result backend, so any page can show
+progress and a restarted worker can pick the work up again.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Job(models.Model):
+    class Kind(models.TextChoices):
+        IMPORT = "import", "Import generations"
+        DETECT = "detect", "Detect faces"
+        SCORE = "score", "Score with metrics"
+        REPORT = "report", "Build report"
+        EXPORT = "export", "Export dataset snapshot"
+        CRAFT_PAIRS = "craft_pairs", "Craft face pairs"
+        TRAIN_FACE_SCORE = "train_face_score", "Train Face Score"
+        FINETUNE_DM = "finetune_dm", "Fine-tune a DM"
+        GENERATE = "generate", "Generate images"
+        EVALUATE_DM = "evaluate_dm", "Evaluate a DM"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    config = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    log_tail = models.TextField(blank=True, default="")
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+    cancel_requested = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["kind", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def percent(self) -> float:
+        if not self.progress_total:
+            return 100.0 if self.status == self.Status.SUCCEEDED else 0.0
+        return round(100.0 * self.progress_done / self.progress_total, 1)
