@@ -1,5 +1,8 @@
+"""Each views module owns its URL patterns; this file only concatenates them."""
+
 from __future__ import annotations
 
-from django.urls import path
+from annotator import api
+from annotator.views import annotate, imports, research
 
-urlpatterns: list = []
+urlpatterns = annotate.urlpatterns + research.urlpatterns + imports.urlpatterns + api.urlpatterns
