@@ -1,0 +1,133 @@
+"""The metric zoo: `create(name, weights_dir=..., device=..., dtype=...) -> Metric`.
+
+A registry in the spirit of open_clip's `create_model`: each entry names its factory (imported
+only when the metric is created, so listing metrics and their files stays cheap) and the weight
+files it needs relative to the weights dir. Missing files raise `MetricUnavailable` before any
+model is built; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ml.metrics.base import (
+    CheckpointMismatch,
+    FaceCrop,
+    Level,
+    Metric,
+    MetricInput,
+    MetricUnavailable,
+)
+from ml.weights import resolve_weights_dir
+
+__all__ = [
+    "CheckpointMismatch",
+    "FaceCrop",
+    "Metric",
+    "MetricInput",
+    "MetricSpec",
+    "MetricUnavailable",
+    "available",
+    "create",
+    "get_spec",
+    "missing_files",
+    "register",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    factory: str  # "module:function", called as function(weights_dir, device=..., dtype=...)
+    level: Level
+    higher_is_better: bool
+    required_files: tuple[str, ...]
+    description: str
+
+
+_REGISTRY: dict[str, MetricSpec] = {}
+
+
+def register(spec: MetricSpec) -> MetricSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"metric {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def available() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> MetricSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(_REGISTRY)}") from None
+
+
+def missing_files(name: str, weights_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    root = resolve_weights_dir(weights_dir)
+    return [root / rel for rel in get_spec(name).required_files if not (root / rel).is_file()]
+
+
+def create(
+    name: str,
+    weights_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> Metric:
+    """Build a loaded metric. `weights_dir` defaults to `$FACEBENCH_WEIGHTS_DIR` (or var/weights);
+    `dtype` defaults to bf16/fp16 autocast on CUDA and fp32 on the CPU."""
+    spec = get_spec(name)
+    root = resolve_weights_dir(weights_dir)
+    missing = missing_files(name, root)
+    if missing:
+        raise MetricUnavailable(name, missing, root)
+    module_name, function_name = spec.factory.split(":")
+    factory = getattr(importlib.import_module(module_name), function_name)
+    metric: Metric = factory(root, device=device, dtype=dtype)
+    if (metric.name, metric.level) != (spec.name, spec.level):
+        raise RuntimeError(
+            f"factory of {name!r} built {metric!r}; registry says level {spec.level}"
+        )
+    metric.required_files = spec.required_files
+    logger.info("created metric %s", metric.version)
+    return metric
+
+
+_IMAGEREWARD = "ml.metrics.imagereward"
+_IR_FILES = (
+    "ImageReward/ImageReward.pt",
+    "ImageReward/med_config.json",
+    "bert-base-uncased/vocab.txt",
+)
+_FS_FILES = ("FaceScore/FS_model.pt", "FaceScore/med_config.json", "bert-base-uncased/vocab.txt")
+
+for _spec in (
+    MetricSpec(
+        "imagereward",
+        f"{_IMAGEREWARD}:create_image_reward",
+        "image",
+        True,
+        _IR_FILES,
+        "THUDM ImageReward v1.0, normalised reward of (image, prompt)",
+    ),
+    MetricSpec(
+        "face_score",
+        f"{_IMAGEREWARD}:create_face_score",
+        "face",
+        True,
+        _FS_FILES,
+        "OPPO FaceScore: ImageReward fine-tuned on face pairs, raw reward per face crop",
+    ),
+):
+    register(_spec)

@@ -1,0 +1,222 @@
+"""Tiny random checkpoints written to disk in the official formats, for tests that load real files.
+
+The ImageReward/FaceScore state dict here is built from a key/shape table written down from the
+upstream modules (BLIP `vit.py`, `med.py`, `blip_pretrain.py`, `ImageReward.py`), not from
+`ml.metrics`, so a naming slip in our modules fails strict loading instead of being mirrored.
+Weights are random with unit gain (the official MLP init, N(0, 1/769), gives near-constant scores).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+# Sizes of the tiny towers. The image stays 224 px so the real preprocessing is exercised.
+TINY_VISION = {
+    "image_size": 224,
+    "patch_size": 16,
+    "width": 32,
+    "layers": 2,
+    "heads": 2,
+    "mlp_ratio": 4.0,
+    "drop_path_rate": 0.0,
+}
+TINY_TEXT_HIDDEN = 32
+TINY_TEXT_LAYERS = 2
+TINY_TEXT_HEADS = 2
+TINY_TEXT_INTERMEDIATE = 64
+TINY_MAX_POSITIONS = 40
+
+# A hand-written bert-style vocab: the real special tokens, whole words used by the tests, and
+# single letters with their ## continuations so that any lower-case word still tokenizes.
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_WORDS = [
+    *("a", "face", "photo", "of", "the", "man", "woman", "person", "smiling", "portrait"),
+    *("an", "astronaut", "with", "in", "on", "and", "cat", "dog", "red", "blue"),
+    *("close", "up", "old", "young", ".", ",", "!", "?", "-"),
+]
+_LETTERS = [chr(code) for code in range(ord("a"), ord("z") + 1)]
+TINY_VOCAB = _SPECIAL + _WORDS + _LETTERS + [f"##{letter}" for letter in _LETTERS]
+# BLIP adds [DEC] and [ENC] after the file's vocabulary.
+TINY_VOCAB_SIZE = len(TINY_VOCAB) + 2
+
+
+def write_vocab(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(TINY_VOCAB) + "\n")
+    return path
+
+
+def tiny_med_config() -> dict:
+    # The official med_config.json with tiny sizes; encoder_width is left at BERT's 768 on
+    # purpose: BLIP overrides it with the vision width in code, and so must we.
+    return {
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": TINY_TEXT_HIDDEN,
+        "initializer_range": 0.02,
+        "intermediate_size": TINY_TEXT_INTERMEDIATE,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": TINY_MAX_POSITIONS,
+        "model_type": "bert",
+        "num_attention_heads": TINY_TEXT_HEADS,
+        "num_hidden_layers": TINY_TEXT_LAYERS,
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": TINY_VOCAB_SIZE,
+        "encoder_width": 768,
+        "add_cross_attention": True,
+    }
+
+
+def imagereward_shapes(
+    *,
+    vision_width: int,
+    vision_layers: int,
+    patch_size: int,
+    image_size: int,
+    mlp_ratio: float,
+    text_hidden: int,
+    text_layers: int,
+    intermediate: int,
+    vocab_size: int,
+    max_positions: int,
+    embed_dim: int = 256,
+) -> dict[str, tuple[int, ...]]:
+    """Every key of the official ImageReward state dict with its shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    v = "blip.visual_encoder"
+    tokens = (image_size // patch_size) ** 2 + 1
+    shapes[f"{v}.cls_token"] = (1, 1, vision_width)
+    shapes[f"{v}.pos_embed"] = (1, tokens, vision_width)
+    shapes[f"{v}.patch_embed.proj.weight"] = (vision_width, 3, patch_size, patch_size)
+    shapes[f"{v}.patch_embed.proj.bias"] = (vision_width,)
+    hidden = int(vision_width * mlp_ratio)
+    for i in range(vision_layers):
+        b = f"{v}.blocks.{i}"
+        for norm in ("norm1", "norm2"):
+            shapes[f"{b}.{norm}.weight"] = (vision_width,)
+            shapes[f"{b}.{norm}.bias"] = (vision_width,)
+        shapes[f"{b}.attn.qkv.weight"] = (3 * vision_width, vision_width)
+        shapes[f"{b}.attn.qkv.bias"] = (3 * vision_width,)
+        shapes[f"{b}.attn.proj.weight"] = (vision_width, vision_width)
+        shapes[f"{b}.attn.proj.bias"] = (vision_width,)
+        shapes[f"{b}.mlp.fc1.weight"] = (hidden, vision_width)
+        shapes[f"{b}.mlp.fc1.bias"] = (hidden,)
+        shapes[f"{b}.mlp.fc2.weight"] = (vision_width, hidden)
+        shapes[f"{b}.mlp.fc2.bias"] = (vision_width,)
+    shapes[f"{v}.norm.weight"] = (vision_width,)
+    shapes[f"{v}.norm.bias"] = (vision_width,)
+
+    t = "blip.text_encoder"
+    shapes[f"{t}.embeddings.position_ids"] = (1, max_positions)
+    shapes[f"{t}.embeddings.word_embeddings.weight"] = (vocab_size, text_hidden)
+    shapes[f"{t}.embeddings.position_embeddings.weight"] = (max_positions, text_hidden)
+    shapes[f"{t}.embeddings.LayerNorm.weight"] = (text_hidden,)
+    shapes[f"{t}.embeddings.LayerNorm.bias"] = (text_hidden,)
+    for i in range(text_layers):
+        layer = f"{t}.encoder.layer.{i}"
+        for attention, kv_width in (("attention", text_hidden), ("crossattention", vision_width)):
+            a = f"{layer}.{attention}"
+            shapes[f"{a}.self.query.weight"] = (text_hidden, text_hidden)
+            shapes[f"{a}.self.query.bias"] = (text_hidden,)
+            for name in ("key", "value"):
+                shapes[f"{a}.self.{name}.weight"] = (text_hidden, kv_width)
+                shapes[f"{a}.self.{name}.bias"] = (text_hidden,)
+            shapes[f"{a}.output.dense.weight"] = (text_hidden, text_hidden)
+            shapes[f"{a}.output.dense.bias"] = (text_hidden,)
+            shapes[f"{a}.output.LayerNorm.weight"] = (text_hidden,)
+            shapes[f"{a}.output.LayerNorm.bias"] = (text_hidden,)
+        shapes[f"{layer}.intermediate.dense.weight"] = (intermediate, text_hidden)
+        shapes[f"{layer}.intermediate.dense.bias"] = (intermediate,)
+        shapes[f"{layer}.output.dense.weight"] = (text_hidden, intermediate)
+        shapes[f"{layer}.output.dense.bias"] = (text_hidden,)
+        shapes[f"{layer}.output.LayerNorm.weight"] = (text_hidden,)
+        shapes[f"{layer}.output.LayerNorm.bias"] = (text_hidden,)
+    shapes["blip.vision_proj.weight"] = (embed_dim, vision_width)
+    shapes["blip.vision_proj.bias"] = (embed_dim,)
+    shapes["blip.text_proj.weight"] = (embed_dim, text_hidden)
+    shapes["blip.text_proj.bias"] = (embed_dim,)
+
+    sizes = [text_hidden, 1024, 128, 64, 16, 1]
+    for index, (fan_in, fan_out) in zip(
+        (0, 2, 4, 6, 7), zip(sizes[:-1], sizes[1:], strict=True), strict=True
+    ):
+        shapes[f"mlp.layers.{index}.weight"] = (fan_out, fan_in)
+        shapes[f"mlp.layers.{index}.bias"] = (fan_out,)
+    return shapes
+
+
+def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """Unit-gain random weights: activations keep their scale through every layer, so scores of
+    different inputs differ clearly (tests compare them)."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for key, shape in shapes.items():
+        if key.endswith("position_ids"):
+            state[key] = torch.arange(shape[1]).unsqueeze(0)
+        elif "norm" in key.lower() and key.endswith("weight"):
+            state[key] = 1.0 + 0.1 * torch.randn(shape, generator=generator)
+        elif key.endswith("bias") or len(shape) == 1:
+            state[key] = 0.1 * torch.randn(shape, generator=generator)
+        else:
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+            if key.endswith(("cls_token", "pos_embed", "embeddings.weight")):
+                fan_in = 1
+            state[key] = torch.randn(shape, generator=generator) / math.sqrt(fan_in)
+    return state
+
+
+def tiny_imagereward_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    shapes = imagereward_shapes(
+        vision_width=TINY_VISION["width"],
+        vision_layers=TINY_VISION["layers"],
+        patch_size=TINY_VISION["patch_size"],
+        image_size=TINY_VISION["image_size"],
+        mlp_ratio=TINY_VISION["mlp_ratio"],
+        text_hidden=TINY_TEXT_HIDDEN,
+        text_layers=TINY_TEXT_LAYERS,
+        intermediate=TINY_TEXT_INTERMEDIATE,
+        vocab_size=TINY_VOCAB_SIZE,
+        max_positions=TINY_MAX_POSITIONS,
+    )
+    return random_state_dict(shapes, seed)
+
+
+def write_tiny_blip_reward(
+    weights_dir: Path,
+    *,
+    model_dir: str,
+    checkpoint_name: str,
+    seed: int,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """A tiny ImageReward-architecture model under weights_dir/model_dir plus the shared vocab."""
+    folder = weights_dir / model_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "med_config.json").write_text(json.dumps(tiny_med_config(), indent=2))
+    (folder / "vision_config.json").write_text(json.dumps(TINY_VISION, indent=2))
+    checkpoint = folder / checkpoint_name
+    torch.save(
+        state_dict if state_dict is not None else tiny_imagereward_state_dict(seed), checkpoint
+    )
+    write_vocab(weights_dir / "bert-base-uncased")
+    return checkpoint
+
+
+def write_tiny_imagereward(weights_dir: Path, seed: int = 0, **kwargs) -> Path:
+    return write_tiny_blip_reward(
+        weights_dir, model_dir="ImageReward", checkpoint_name="ImageReward.pt", seed=seed, **kwargs
+    )
+
+
+def write_tiny_face_score(weights_dir: Path, seed: int = 1, **kwargs) -> Path:
+    return write_tiny_blip_reward(
+        weights_dir, model_dir="FaceScore", checkpoint_name="FS_model.pt", seed=seed, **kwargs
+    )
