@@ -190,7 +190,10 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, config.width))
-        rates = torch.linspace(0, config.drop_path_rate, config.layers).tolist()
+        # Linearly growing stochastic depth (timm's rule); plain floats so meta-device builds work.
+        rates = [
+            config.drop_path_rate * i / max(config.layers - 1, 1) for i in range(config.layers)
+        ]
         self.blocks = nn.ModuleList(ViTBlock(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(config.width, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -47,8 +47,12 @@ def load_strict(
     state_dict: Mapping[str, torch.Tensor],
     *,
     source: Path | str,
+    assign: bool = False,
 ) -> None:
-    """`load_state_dict(strict=True)`, with a short message naming missing/unexpected/bad keys."""
+    """`load_state_dict(strict=True)`, with a short message naming missing/unexpected/bad keys.
+
+    `assign=True` takes the checkpoint's tensors as they are, for modules built on the meta device.
+    """
     expected = module.state_dict()
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
@@ -68,7 +72,7 @@ def load_strict(
         raise CheckpointMismatch(
             f"checkpoint {source} does not match {type(module).__name__}: " + "; ".join(problems)
         )
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=True, assign=assign)
     logger.debug("loaded %d tensors from %s", len(state_dict), source)
 
 

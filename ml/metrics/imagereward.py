@@ -109,15 +109,18 @@ class ImageRewardModel(nn.Module):
         """Build from configs and load the checkpoint strictly (eval mode, CPU, fp32)."""
         vision = VisionConfig.from_json_file(vision_config) if vision_config else VisionConfig()
         text = TextConfig.from_med_config(med_config, encoder_width=vision.width)
-        model = cls(vision, text)
+        # Built on the meta device: no time spent on a random init that the checkpoint replaces
+        # (seconds for ViT-L), then the checkpoint's tensors are assigned in.
+        with torch.device("meta"):
+            model = cls(vision, text)
         state_dict = read_state_dict(checkpoint)
         # `position_ids` is a constant arange; med.py saves it, but checkpoints written by newer
         # BERT code may not. Supplying it changes no number.
         position_key = "blip.text_encoder.embeddings.position_ids"
         if position_key not in state_dict:
-            state_dict[position_key] = model.state_dict()[position_key]
-        load_strict(model, state_dict, source=checkpoint)
-        return model.eval()
+            state_dict[position_key] = torch.arange(text.max_position_embeddings)[None]
+        load_strict(model, state_dict, source=checkpoint, assign=True)
+        return model.float().eval()
 
 
 # --- preprocessing --------------------------------------------------------------------------

@@ -39,7 +39,12 @@ _WORDS = [
     *("close", "up", "old", "young", ".", ",", "!", "?", "-"),
 ]
 _LETTERS = [chr(code) for code in range(ord("a"), ord("z") + 1)]
-TINY_VOCAB = _SPECIAL + _WORDS + _LETTERS + [f"##{letter}" for letter in _LETTERS]
+TINY_VOCAB = (
+    _SPECIAL
+    + _WORDS
+    + [letter for letter in _LETTERS if letter not in _WORDS]  # no duplicates: ids must be dense
+    + [f"##{letter}" for letter in _LETTERS]
+)
 # BLIP adds [DEC] and [ENC] after the file's vocabulary.
 TINY_VOCAB_SIZE = len(TINY_VOCAB) + 2
 
