@@ -17,6 +17,7 @@ from tqdm import tqdm
 from annotator.detection import DEFAULT_DETECTOR, detect_faces_for_generations
 from annotator.imports import ImportRejected, import_generations
 from annotator.models import Dataset
+from ml.faces import list_detectors
 
 
 class Command(BaseCommand):
@@ -41,9 +42,12 @@ class Command(BaseCommand):
         path: Path = options["path"]
         if not path.exists():
             raise CommandError(f"{path} does not exist")
+        if not options["no_detect"] and options["detector"] not in list_detectors():
+            raise CommandError(
+                f"unknown face detector {options['detector']!r}; "
+                f"known detectors: {', '.join(list_detectors())}"
+            )
         dataset, created = Dataset.objects.get_or_create(name=options["dataset"])
-        if created:
-            self.stdout.write(f"Created dataset {dataset.name}")
         disable = not self.stdout.isatty()
         with tqdm(desc="import", unit="image", disable=disable) as bar:
 
@@ -57,9 +61,13 @@ class Command(BaseCommand):
                     dataset=dataset, source=path, manifest=options["manifest"], progress=progress
                 )
             except ImportRejected as exc:
+                if created:  # a refused upload leaves nothing behind, not even its dataset
+                    dataset.delete()
                 raise CommandError(exc.reason) from None
 
         style = self.style
+        if created:
+            self.stdout.write(f"Created dataset {dataset.name}")
         self.stdout.write(
             style.SUCCESS(f"Imported {report.imported}")
             + f", duplicates {report.duplicates}, rejected {report.rejected}"
