@@ -28,8 +28,9 @@ def pseudonym(campaign_id: int, user_id: int) -> str:
     return "A-" + digest.hexdigest()[:10]
 
 
-def faces_of(datasets: Iterable[Dataset], *, min_face_px: float = 0) -> QuerySet[Face]:
-    faces = Face.objects.filter(generation__dataset__in=list(datasets)).select_related("generation")
+def faces_of(datasets: Iterable[Dataset], *, min_face_px: float = 0, min_confidence: float = 0) -> QuerySet[Face]:
+    faces = Face.objects.filter(generation__dataset__in=list(datasets), confidence__gte=min_confidence)
+    faces = faces.select_related("generation")
     if min_face_px:
         faces = faces.filter(x1__gte=F("x0") + min_face_px, y1__gte=F("y0") + min_face_px)
     return faces.order_by("generation_id", "id")
@@ -77,6 +78,7 @@ def create_campaign(
     created_by: AbstractBaseUser | None = None,
     annotators: Iterable[AbstractBaseUser] = (),
     min_face_px: float = 0,
+    min_confidence: float = 0,
     max_pairs_per_prompt: int | None = None,
     seed: int = 0,
     **settings_: Any,
@@ -93,7 +95,7 @@ def create_campaign(
     campaign.full_clean(exclude=["datasets", "annotators"])
     campaign.save()
     campaign.datasets.set(datasets)
-    faces = faces_of(datasets, min_face_px=min_face_px)
+    faces = faces_of(datasets, min_face_px=min_face_px, min_confidence=min_confidence)
     k = campaign.overlap_k
     if protocol == Campaign.Protocol.LIKERT:
         items = (Item(campaign=campaign, face=face, judgments_wanted=k) for face in faces.iterator())

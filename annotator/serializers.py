@@ -137,6 +137,7 @@ class CampaignSerializer(serializers.ModelSerializer):
     )
     progress = serializers.SerializerMethodField()
     min_face_px = serializers.FloatField(write_only=True, required=False, default=0, min_value=0)
+    min_confidence = serializers.FloatField(write_only=True, required=False, default=0, min_value=0, max_value=1)
     max_pairs_per_prompt = serializers.IntegerField(write_only=True, required=False, allow_null=True, min_value=1)
     seed = serializers.IntegerField(write_only=True, required=False, default=0)
 
@@ -160,6 +161,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "progress",
             "created_at",
             "min_face_px",
+            "min_confidence",
             "max_pairs_per_prompt",
             "seed",
         ]
@@ -170,7 +172,7 @@ class CampaignSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if self.instance is not None:
-            frozen = {"protocol", "datasets", "overlap_k", "min_face_px", "max_pairs_per_prompt", "seed"}
+            frozen = {"protocol", "datasets", "overlap_k", "min_face_px", "min_confidence", "max_pairs_per_prompt", "seed"}
             changed = sorted(frozen & set(self.initial_data or {}))
             if changed:
                 raise serializers.ValidationError(

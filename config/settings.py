@@ -8,6 +8,7 @@ on kombu's filesystem transport, all under ``var/``. ``DATABASE_URL=postgres://â
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -30,7 +31,11 @@ def envint(name: str, default: str) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
-VAR_DIR = Path(os.getenv("FACEBENCH_VAR_DIR", str(BASE_DIR / "var")))
+# Under pytest (which sets PYTEST_VERSION) each run gets its own var dir and queue names, so two
+# runs on one machine never share a database file, a broker folder or a Redis queue.
+_UNDER_TEST = bool(os.getenv("PYTEST_VERSION"))
+_DEFAULT_VAR = Path(tempfile.gettempdir()) / f"facebench-test-{os.getpid()}" if _UNDER_TEST else BASE_DIR / "var"
+VAR_DIR = Path(os.getenv("FACEBENCH_VAR_DIR", str(_DEFAULT_VAR)))
 DEBUG = envbool("DEBUG", "False")
 SECRET_KEY = os.getenv("SECRET_KEY", "facebench-insecure-development-key")
 ALLOWED_HOSTS = os.getenv("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",")
@@ -164,7 +169,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_DEFAULT_QUEUE = "default"
+FACEBENCH_QUEUE_PREFIX = os.getenv("FACEBENCH_QUEUE_PREFIX", f"test{os.getpid()}-" if _UNDER_TEST else "")
+FACEBENCH_QUEUES = {"default": FACEBENCH_QUEUE_PREFIX + "default", "gpu": FACEBENCH_QUEUE_PREFIX + "gpu"}
+CELERY_TASK_DEFAULT_QUEUE = FACEBENCH_QUEUES["default"]
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 

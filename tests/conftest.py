@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +26,14 @@ def _media_in_tmp(settings, tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 from tests.users import *  # noqa: E402,F403  (shared users with roles, one per role)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_run_var_dir() -> Iterator[None]:
+    # settings gives each pytest run its own var dir under the temp folder; leave nothing behind.
+    yield
+    from django.conf import settings
+
+    var_dir = Path(settings.VAR_DIR)
+    if var_dir.name == f"facebench-test-{os.getpid()}":
+        shutil.rmtree(var_dir, ignore_errors=True)

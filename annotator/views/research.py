@@ -40,6 +40,7 @@ class CampaignForm(forms.ModelForm):
         required=False,
     )
     min_face_px = forms.FloatField(initial=0, min_value=0, help_text="Leave out faces smaller than this (pixels).")
+    min_confidence = forms.FloatField(initial=0.5, min_value=0, max_value=1, help_text="Leave out detections less certain than this.")
     max_pairs_per_prompt = forms.IntegerField(required=False, min_value=1, help_text="Pairwise: cap on pairs per prompt.")
     seed = forms.IntegerField(initial=0, help_text="Seeds the left/right order of pairs.")
 
