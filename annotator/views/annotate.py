@@ -26,7 +26,7 @@ def _get_membership_for_annotator(request: HttpRequest, pk: int) -> Membership:
     if not is_annotator(request.user):
         raise PermissionDenied("Only annotators annotate.")
     return get_object_or_404(
-        Membership.objects.select_related("campaign"), campaign_id=pk, annotator=request.user
+        Membership.objects.select_related("campaign"), campaign_id=pk, annotator_id=request.user.pk
     )
 
 
@@ -53,7 +53,9 @@ def home(request: HttpRequest) -> HttpResponse:
     if not is_annotator(request.user) and is_researcher(request.user):
         return redirect("research-campaigns")
     memberships = (
-        Membership.objects.filter(annotator=request.user, campaign__status=Campaign.Status.ACTIVE)
+        Membership.objects.filter(
+            annotator_id=request.user.pk, campaign__status=Campaign.Status.ACTIVE
+        )
         .select_related("campaign")
         .order_by("campaign__name", "campaign_id")
     )

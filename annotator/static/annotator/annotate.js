@@ -225,7 +225,7 @@
     const list = $("rejection-list");
     const li = document.createElement("li");
     const what = entry.kind === "skip" ? "skip" : entry.label;
-    li.textContent = `Item #${entry.item.display_index} (${what}): ${detailOf(r)}`;
+    li.textContent = `Item ${entry.item.display_index + 1} (${what}): ${detailOf(r)}`;
     list.prepend(li);
     $("rejections").hidden = false;
   }
@@ -313,7 +313,7 @@
     const current = { item, at: null };
     shown = current;
     root.dataset.item = String(item.item_id);
-    $("item-index").textContent = String(item.display_index);
+    $("item-index").textContent = String(item.display_index + 1); // counted from 1 for people
     setState("loading");
     const wrap = document.createElement("div");
     wrap.className = `faces faces-${item.protocol}`;
@@ -682,6 +682,10 @@
   // Another tab of the same campaign changed the outbox.
   window.addEventListener("storage", (e) => { if (e.key === OUTBOX_KEY) renderStatus(); });
 
+  // Answers still in the outbox from an earlier page count as given (they will be sent).
+  const unsent = outbox.all().filter((e) => e.kind === "judgment").length;
+  doneByMe += unsent;
+  left -= unsent;
   renderStatus();
   if (paused) enterPaused(cfg.pauseReason);
   else showCurrent();
