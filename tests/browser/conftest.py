@@ -29,16 +29,14 @@ ASTRONAUT_BOX = (165.0, 40.0, 290.0, 195.0)
 GRACE_HOPPER_BOX = (160.0, 115.0, 370.0, 345.0)
 
 
-def _variants() -> list[tuple[np.ndarray, tuple[float, float, float, float]]]:
-    """Eight distinct photos with one face each: two portraits, mirrored and re-toned."""
+def _variants(photo: np.ndarray, box: tuple[float, float, float, float]) -> list[Any]:
+    """Four distinct versions of one portrait: as is and mirrored, at two brightnesses."""
+    width = photo.shape[1]
+    mirrored_box = (width - box[2], box[1], width - box[0], box[3])
     out = []
-    for photo, box in ((astronaut(), ASTRONAUT_BOX), (grace_hopper(), GRACE_HOPPER_BOX)):
-        width = photo.shape[1]
-        mirrored_box = (width - box[2], box[1], width - box[0], box[3])
-        for gain in (1.0, 0.8):
-            toned = np.clip(photo.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-            out.append((toned, box))
-            out.append((np.ascontiguousarray(toned[:, ::-1]), mirrored_box))
+    for gain in (1.0, 0.8):
+        toned = np.clip(photo.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        out += [(toned, box), (np.ascontiguousarray(toned[:, ::-1]), mirrored_box)]
     return out
 
 
@@ -51,10 +49,11 @@ def _png(array: np.ndarray) -> bytes:
 def make_photo_dataset(name: str, *, prompts: int = 4) -> Dataset:
     """``prompts`` prompts × two DMs, each generation a real face photo saved through the storage API."""
     dataset = Dataset.objects.create(name=name)
-    variants = _variants()
+    # One portrait per DM, so a pairwise item shows two different people.
+    per_model = [_variants(astronaut(), ASTRONAUT_BOX), _variants(grace_hopper(), GRACE_HOPPER_BOX)]
     for p in range(prompts):
         for m, model in enumerate(SECRET_MODELS):
-            photo, box = variants[(2 * p + m) % len(variants)]
+            photo, box = per_model[m][p % 4]
             photo = photo.copy()
             photo[0, 0] = (p, m, 7)  # distinct bytes even where a variant repeats
             data = _png(photo)

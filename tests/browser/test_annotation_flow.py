@@ -76,7 +76,6 @@ def test_likert_answers_survive_offline_lost_responses_and_a_reload(
 
     log_in(page, live_server.url, "ann1")
     expect(page.get_by_role("row")).to_have_count(3)  # header + two campaigns
-    page.screenshot(path=str(shots / "home.png"))
     likert_row = page.get_by_role("row", name=re.compile("Faces of likert"))
     likert_row.get_by_role("link", name="Start").click()
     expect(page.locator("#annotate")).to_have_attribute("data-queued", "4")
@@ -143,6 +142,11 @@ def test_likert_answers_survive_offline_lost_responses_and_a_reload(
         )
     assert page.locator("#done-by-me").inner_text() == "7"
     assert page.js_errors == []
+
+    page.goto(f"{live_server.url}/")
+    expect(likert_row.get_by_role("link", name="Continue")).to_be_visible()
+    expect(likert_row).to_contain_text("7 / 10 judgments")
+    page.screenshot(path=str(shots / "home.png"))
 
 
 def test_pairwise_is_answered_with_the_arrow_keys(live_server, page, annotator, shots):

@@ -545,7 +545,7 @@
       sender.running = false;
       renderStatus();
     }
-    if (!outbox.all().length && queue.length < QUEUE_SIZE) refill();
+    if (!outbox.all().length && queue.length < QUEUE_SIZE && !exhausted) refill();
   }
 
   function onStored(entry, data) {
