@@ -137,3 +137,25 @@ def test_ml_faces_imports_nothing_from_django() -> None:
 
     code = "import sys, ml.faces; sys.exit(any(m.startswith('django') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_face_crop_adds_a_margin_and_clamps_to_the_image() -> None:
+    from ml.faces.crops import expand_box
+
+    assert expand_box((100, 100, 200, 300), margin=0.25, width=1000, height=1000) == (
+        75,
+        50,
+        225,
+        350,
+    )
+    assert expand_box((0, 10, 50, 60), margin=0.25, width=55, height=65) == (0, 0, 55, 65)
+
+
+def test_face_crop_is_downscaled_to_the_long_side_limit_but_never_upscaled() -> None:
+    from PIL import Image
+
+    from ml.faces.crops import crop_face
+
+    photo = Image.new("RGB", (2000, 2000))
+    assert crop_face(photo, (500, 500, 1500, 1000)).size == (512, 256)
+    assert crop_face(photo, (100, 100, 140, 120)).size == (60, 30)
