@@ -104,30 +104,85 @@ def create(
     return metric
 
 
-_IMAGEREWARD = "ml.metrics.imagereward"
-_IR_FILES = (
-    "ImageReward/ImageReward.pt",
-    "ImageReward/med_config.json",
-    "bert-base-uncased/vocab.txt",
+_IR = "ml.metrics.imagereward"
+_BLIP_TOKENIZER = "bert-base-uncased/vocab.txt"
+_AESTHETIC_FILES = (
+    "aesthetic/sac+logos+ava1-l14-linearMSE.pth",
+    "CLIP/ViT-L-14-openai/open_clip_model.safetensors",
 )
-_FS_FILES = ("FaceScore/FS_model.pt", "FaceScore/med_config.json", "bert-base-uncased/vocab.txt")
 
 for _spec in (
     MetricSpec(
         "imagereward",
-        f"{_IMAGEREWARD}:create_image_reward",
+        f"{_IR}:create_image_reward",
         "image",
         True,
-        _IR_FILES,
-        "THUDM ImageReward v1.0, normalised reward of (image, prompt)",
+        ("ImageReward/ImageReward.pt", "ImageReward/med_config.json", _BLIP_TOKENIZER),
+        "THUDM ImageReward v1.0: normalised reward of (image, prompt)",
     ),
     MetricSpec(
         "face_score",
-        f"{_IMAGEREWARD}:create_face_score",
+        f"{_IR}:create_face_score",
         "face",
         True,
-        _FS_FILES,
+        ("FaceScore/FS_model.pt", "FaceScore/med_config.json", _BLIP_TOKENIZER),
         "OPPO FaceScore: ImageReward fine-tuned on face pairs, raw reward per face crop",
+    ),
+    MetricSpec(
+        "hps_v2",
+        "ml.metrics.hps:create_hps_v2",
+        "image",
+        True,
+        ("HPSv2/HPS_v2_compressed.pt",),
+        "HPS v2: cosine of open_clip ViT-H-14 image and prompt embeddings",
+    ),
+    MetricSpec(
+        "hps_v2.1",
+        "ml.metrics.hps:create_hps_v21",
+        "image",
+        True,
+        ("HPSv2/HPS_v2.1_compressed.pt",),
+        "HPS v2.1: cosine of open_clip ViT-H-14 image and prompt embeddings",
+    ),
+    MetricSpec(
+        "aesthetic",
+        "ml.metrics.aesthetic:create_aesthetic",
+        "image",
+        True,
+        _AESTHETIC_FILES,
+        "LAION improved aesthetic predictor on OpenAI CLIP ViT-L/14, whole image",
+    ),
+    MetricSpec(
+        "aesthetic_face",
+        "ml.metrics.aesthetic:create_face_aesthetic",
+        "face",
+        True,
+        _AESTHETIC_FILES,
+        "LAION improved aesthetic predictor on a face crop",
+    ),
+    MetricSpec(
+        "face_size",
+        "ml.metrics.baselines:create_face_size",
+        "face",
+        True,
+        (),
+        "baseline: shorter side of the face box in pixels",
+    ),
+    MetricSpec(
+        "detector_confidence",
+        "ml.metrics.baselines:create_detector_confidence",
+        "face",
+        True,
+        (),
+        "baseline: the face detector's confidence",
+    ),
+    MetricSpec(
+        "sharpness",
+        "ml.metrics.baselines:create_sharpness",
+        "face",
+        True,
+        (),
+        "baseline: variance of the Laplacian of the grey face crop at 128x128",
     ),
 ):
     register(_spec)

@@ -26,8 +26,6 @@ from typing import Literal
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from ml.devices import autocast, resolve_device, resolve_dtype
 from ml.metrics.base import (
@@ -40,13 +38,12 @@ from ml.metrics.base import (
 )
 from ml.metrics.blip import BLIPEncoder, TextConfig, VisionConfig
 from ml.metrics.checkpoints import load_strict, read_state_dict
+from ml.metrics.preprocess import clip_center_crop
 from ml.weights import sha256_file
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZE = 224
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PROMPT_TOKENS = 35
 # The mean and std of ImageReward's raw rewards on its training set (ImageReward.py).
 IMAGE_REWARD_MEAN = 0.16717362830052426
@@ -129,10 +126,7 @@ class ImageRewardModel(nn.Module):
 def preprocess_image(image: Image.Image) -> torch.Tensor:
     """Upstream `_transform(224)`: resize shorter side (bicubic, PIL) → centre crop → RGB →
     [0, 1] → CLIP mean/std. Runs on PIL so that pixels match the official code exactly."""
-    resized = TF.resize(image, IMAGE_SIZE, interpolation=InterpolationMode.BICUBIC)
-    cropped = TF.center_crop(resized, [IMAGE_SIZE, IMAGE_SIZE])
-    tensor = TF.to_tensor(cropped.convert("RGB"))
-    return TF.normalize(tensor, CLIP_MEAN, CLIP_STD)
+    return clip_center_crop(image, IMAGE_SIZE)
 
 
 def load_tokenizer(folder: Path):  # -> transformers BertTokenizer

@@ -225,3 +225,68 @@ def write_tiny_face_score(weights_dir: Path, seed: int = 1, **kwargs) -> Path:
     return write_tiny_blip_reward(
         weights_dir, model_dir="FaceScore", checkpoint_name="FS_model.pt", seed=seed, **kwargs
     )
+
+
+# --- open_clip towers (HPS v2, aesthetic) -----------------------------------------------------
+
+# A tiny open_clip CLIP. The text side keeps the real BPE vocabulary size (49408) because the
+# tokenizer ships inside open_clip and produces ids up to 49407.
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def tiny_open_clip_state_dict(seed: int, *, quick_gelu: bool) -> dict[str, torch.Tensor]:
+    """Stock open_clip key names by construction: the model is open_clip's own CLIP class."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_OPEN_CLIP, quick_gelu=quick_gelu)
+    return {key: tensor.clone() for key, tensor in model.state_dict().items()}
+
+
+def _write_open_clip_config(folder: Path, *, quick_gelu: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": {**TINY_OPEN_CLIP, "quick_gelu": quick_gelu}, "preprocess_cfg": {}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_tiny_hps(weights_dir: Path, *, version: str = "v2", seed: int = 2) -> Path:
+    """HPS checkpoints are `{"state_dict": <open_clip ViT-H-14 state dict>}`."""
+    folder = weights_dir / "HPSv2"
+    _write_open_clip_config(folder, quick_gelu=False)
+    name = {"v2": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}[version]
+    checkpoint = folder / name
+    torch.save({"state_dict": tiny_open_clip_state_dict(seed, quick_gelu=False)}, checkpoint)
+    return checkpoint
+
+
+def aesthetic_head_state_dict(seed: int, input_size: int) -> dict[str, torch.Tensor]:
+    """`sac+logos+ava1-l14-linearMSE.pth` layout: `layers.{0,2,4,6,7}.{weight,bias}`."""
+    sizes = [input_size, 1024, 128, 64, 16, 1]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (fan_in, fan_out) in zip(
+        (0, 2, 4, 6, 7), zip(sizes[:-1], sizes[1:], strict=True), strict=True
+    ):
+        shapes[f"layers.{index}.weight"] = (fan_out, fan_in)
+        shapes[f"layers.{index}.bias"] = (fan_out,)
+    state = random_state_dict(shapes, seed)
+    # Inputs are unit-norm embeddings (entries ~ 1/sqrt(d)): scale the first layer up so that
+    # scores of different images differ by more than float noise.
+    state["layers.0.weight"] *= math.sqrt(input_size)
+    return state
+
+
+def write_tiny_aesthetic(weights_dir: Path, *, seed: int = 3) -> tuple[Path, Path]:
+    from safetensors.torch import save_file
+
+    clip_folder = weights_dir / "CLIP" / "ViT-L-14-openai"
+    _write_open_clip_config(clip_folder, quick_gelu=True)
+    clip_file = clip_folder / "open_clip_model.safetensors"
+    save_file(tiny_open_clip_state_dict(seed, quick_gelu=True), str(clip_file))
+    head_file = weights_dir / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"
+    head_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(aesthetic_head_state_dict(seed, TINY_OPEN_CLIP["embed_dim"]), head_file)
+    return clip_file, head_file
