@@ -1,0 +1,810 @@
+"""``alignment_report``: every number a report page shows, with two-way cluster bootstrap CIs.
+
+Algorithm (one pass per block of resamples; the point estimate is the block whose only row
+draws every prompt and every annotator once):
+
+1. Draw prompt counts (B, P) and annotator counts (B, A) from one seeded stream.
+2. Human mean per face in each resample, h = (W_a R) / (W_a N), with R, N the (A, F) rating-sum
+   and count tables: one matrix product for the whole block (float32 when that is exact:
+   integer ratings and small sums; float64 otherwise).
+3. Face weight = count of its prompt (zero if no drawn annotator rated it); image level: the
+   mean of its faces' means, weight = count of its prompt.
+4. Per level and metric: frequency-weighted Pearson, Spearman (weighted mid-ranks: one sort of h
+   per row shared by all metrics; the metric's order is fixed, so its ranks are a cumulative sum)
+   and Kendall τ-b over a pair design (all pairs when there are at most ``kendall_max_pairs``,
+   otherwise a fixed seeded random sample of pairs — an incomplete U-statistic; the point
+   estimate is always exact (scipy) and the interval is point + (replicate − design estimate)
+   quantiles).
+5. Pairwise accuracy with tie calibration on within-prompt face pairs (labels from h) and on
+   the pairwise campaign (labels from judgments; weight = prompt count × annotator count).
+6. DM level: human mean per DM and Bradley–Terry-with-ties strengths from the campaign, against
+   each metric's mean per DM (Spearman and Kendall across DMs).
+7. Human ceiling (leave-one-out per annotator; CI by resampling annotators), split-half,
+   Krippendorff's α, gold accuracy and self-consistency.
+Blocks run on a small thread pool: numpy releases the GIL in sorts, takes and BLAS.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse
+import scipy.stats
+
+from benchmark.stats.bootstrap import Interval, ResampleCounts, interval, iter_resample_counts
+from benchmark.stats.bradley_terry import fit_bradley_terry
+from benchmark.stats.correlations import (
+    all_pairs,
+    kendall_tau_b,
+    ranks_in_sorted_order,
+    spearman,
+    weighted_pearson_rows,
+)
+from benchmark.stats.data import Faces, LikertJudgments, PairwiseJudgments
+from benchmark.stats.pairwise import (
+    PairDesign,
+    tie_calibrated_accuracy_sorted,
+    within_prompt_pairs,
+)
+from benchmark.stats.reliability import (
+    gold_accuracy,
+    krippendorff_alpha,
+    leave_one_out_ceiling,
+    pairwise_gold_accuracy,
+    pairwise_self_consistency,
+    self_consistency,
+    split_half_reliability,
+)
+
+__all__ = ["alignment_report"]
+
+CORRELATIONS = ("spearman", "kendall", "pearson")
+Results = dict[tuple[str, ...], np.ndarray]
+
+
+# --- small array helpers -------------------------------------------------------------------
+
+
+def _take(matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """matrix[r, columns[r, j]] (or matrix[:, columns] for 1-D columns) via one flat take, which
+    is several times faster than fancy indexing on the second axis."""
+    rows, width = matrix.shape
+    offsets = (np.arange(rows, dtype=np.int64) * width)[:, None]
+    flat = np.ascontiguousarray(matrix).ravel()
+    index = offsets + (columns[None, :] if columns.ndim == 1 else columns)
+    return flat.take(index)
+
+
+def _put(shape: tuple[int, int], columns: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Inverse of ``_take`` for a per-row permutation."""
+    out = np.empty(shape)
+    offsets = (np.arange(shape[0], dtype=np.int64) * shape[1])[:, None]
+    out.ravel()[(offsets + columns).ravel()] = values.ravel()
+    return out
+
+
+def _sort_rows(values: np.ndarray) -> np.ndarray:
+    """argsort of each row (NaN last)."""
+    return np.argsort(values, axis=1)
+
+
+# --- precomputed, resample-independent structure ------------------------------------------
+
+
+@dataclass
+class _Level:
+    """Units (faces or images) with their prompt and metric values, and the fixed designs."""
+
+    name: str
+    prompt: np.ndarray
+    metric: np.ndarray  # (M, N), NaN = missing
+    finite: np.ndarray  # (M, N)
+    order: np.ndarray  # (M, N) argsort of each metric (NaN last)
+    metric_sorted: np.ndarray  # (M, N)
+    mask_group: np.ndarray  # (M,) metrics with identical missing patterns share human ranks
+    pair_first: np.ndarray
+    pair_second: np.ndarray
+    pair_sign: np.ndarray  # (K, M) sgn(m_a − m_b), 0 where either is missing
+    pair_valid: np.ndarray  # (K, M)
+    exhaustive_pairs: bool
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        prompt: np.ndarray,
+        metric: np.ndarray,
+        *,
+        kendall_max_pairs: int,
+        rng: np.random.Generator,
+    ) -> _Level:
+        n = metric.shape[1]
+        finite = np.isfinite(metric)
+        order = np.argsort(metric, axis=1)
+        metric_sorted = np.take_along_axis(metric, order, axis=1)
+        _, mask_group = np.unique(finite, axis=0, return_inverse=True)
+        if n * (n - 1) // 2 <= kendall_max_pairs:
+            first, second = all_pairs(n)
+            exhaustive = True
+        else:
+            first = rng.integers(0, n, kendall_max_pairs)
+            second = rng.integers(0, n - 1, kendall_max_pairs)
+            second += second >= first  # uniform over j ≠ i
+            exhaustive = False
+        valid = (finite[:, first] & finite[:, second]).T
+        with np.errstate(invalid="ignore"):
+            sign = np.nan_to_num(np.sign(metric[:, first] - metric[:, second])).T
+        return cls(
+            name, prompt, metric, finite, order, metric_sorted, mask_group.ravel(),
+            first, second, sign * valid, valid.astype(np.float64), exhaustive,
+        )
+
+
+@dataclass
+class _Campaign:
+    """Pairwise judgments with per-metric tie-calibration designs."""
+
+    prompt: np.ndarray  # (J,)
+    annotator: np.ndarray  # (J,)
+    label: np.ndarray  # (J,) +1 / −1 / 0
+    designs: list[PairDesign | None]
+    design_rows: list[np.ndarray]  # judgment indices in each design's sorted order
+    plain_hits: np.ndarray  # (J, M)
+    plain_counted: np.ndarray  # (J, M)
+    cells: scipy.sparse.csr_matrix  # (J, 2·K·K) one-hot: win (i, j) or tie (i, j)
+    n_dms: int
+
+
+@dataclass
+class _LikertPairs:
+    """Within-prompt face pairs (different images) for accuracy from likert means."""
+
+    first: list[np.ndarray]  # per metric, in that metric's |difference| order
+    second: list[np.ndarray]
+    prompt: list[np.ndarray]
+    designs: list[PairDesign | None]
+    plain_sign: list[np.ndarray]
+
+
+@dataclass
+class _Plan:
+    faces: Faces
+    n_annotators: int
+    metric_names: list[str]
+    face_level: _Level
+    image_level: _Level
+    face_to_image: scipy.sparse.csr_matrix  # (I, F)
+    image_prompt: np.ndarray
+    dm_onehot: np.ndarray  # (F, K)
+    likert_sums: np.ndarray | scipy.sparse.csr_matrix | None = None  # (A, F)
+    likert_counts: np.ndarray | scipy.sparse.csr_matrix | None = None
+    likert_exact_float32: bool = False
+    likert_rating_bound: float = 0.0
+    likert_face_count_max: float = 0.0
+    likert_pairs: _LikertPairs | None = None
+    campaign: _Campaign | None = None
+    ceiling_values: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _build_likert_tables(plan: _Plan, likert: LikertJudgments) -> None:
+    a, f = plan.n_annotators, plan.faces.n_faces
+    sums = scipy.sparse.csr_matrix((likert.rating, (likert.annotator, likert.face)), shape=(a, f))
+    counts = scipy.sparse.csr_matrix(
+        (np.ones(len(likert)), (likert.annotator, likert.face)), shape=(a, f)
+    )
+    integer = bool(np.all(likert.rating == np.round(likert.rating)))
+    plan.likert_exact_float32 = integer
+    # Dense BLAS is much faster than sparse × dense when the (A, F) table fits comfortably.
+    if a * f <= 60_000_000:
+        dtype = np.float32 if integer else np.float64
+        plan.likert_sums = sums.toarray().astype(dtype)
+        plan.likert_counts = counts.toarray().astype(dtype)
+    else:
+        plan.likert_sums, plan.likert_counts = sums, counts
+    plan.likert_rating_bound = float(np.abs(likert.rating).max()) if len(likert) else 0.0
+    plan.likert_face_count_max = float(counts.sum(axis=0).max()) if len(likert) else 0.0
+
+
+def _build_likert_pairs(plan: _Plan) -> _LikertPairs:
+    faces = plan.faces
+    first, second = within_prompt_pairs(faces.prompt)
+    different = faces.image[first] != faces.image[second]
+    first, second = first[different], second[different]
+    out = _LikertPairs([], [], [], [], [])
+    for m in range(len(plan.metric_names)):
+        values = plan.face_level.metric[m]
+        keep = np.isfinite(values[first]) & np.isfinite(values[second])
+        a, b = first[keep], second[keep]
+        diff = values[a] - values[b]
+        design = PairDesign.from_differences(diff) if len(diff) else None
+        order = design.order if design else np.zeros(0, np.int64)
+        out.first.append(a[order])
+        out.second.append(b[order])
+        out.prompt.append(faces.prompt[a[order]])
+        out.designs.append(design)
+        out.plain_sign.append(np.sign(diff[order]))
+    return out
+
+
+def _build_campaign(plan: _Plan, pairwise: PairwiseJudgments) -> _Campaign:
+    faces = plan.faces
+    label = pairwise.human_label()
+    metric = plan.face_level.metric
+    diffs = metric[:, pairwise.left_face] - metric[:, pairwise.right_face]  # (M, J)
+    designs: list[PairDesign | None] = []
+    rows: list[np.ndarray] = []
+    n_metrics = len(plan.metric_names)
+    plain_hits = np.zeros((len(pairwise), n_metrics))
+    plain_counted = np.zeros((len(pairwise), n_metrics))
+    for m in range(n_metrics):
+        keep = np.flatnonzero(np.isfinite(diffs[m]))
+        design = PairDesign.from_differences(diffs[m, keep]) if len(keep) else None
+        designs.append(design)
+        rows.append(keep[design.order] if design else keep)
+        sign = np.sign(np.nan_to_num(diffs[m]))
+        counted = np.isfinite(diffs[m]) & (label != 0) & (sign != 0)
+        plain_counted[:, m] = counted
+        plain_hits[:, m] = counted & (label == sign)
+    k = faces.n_dms
+    dm_left, dm_right = faces.dm[pairwise.left_face], faces.dm[pairwise.right_face]
+    winner = np.where(label >= 0, dm_left, dm_right)
+    loser = np.where(label >= 0, dm_right, dm_left)
+    tie = label == 0
+    cell = np.where(tie, k * k, 0) + winner * k + loser
+    cells = scipy.sparse.csr_matrix(
+        (np.ones(len(pairwise)), (np.arange(len(pairwise)), cell)), shape=(len(pairwise), 2 * k * k)
+    )
+    return _Campaign(
+        faces.prompt[pairwise.left_face], pairwise.annotator, label, designs, rows,
+        plain_hits, plain_counted, cells, k,
+    )
+
+
+# --- the per-block computation -------------------------------------------------------------
+
+
+def _human_face_means(plan: _Plan, counts: ResampleCounts) -> np.ndarray:
+    """h[b, f] = Σ_a w_ba s_af / Σ_a w_ba n_af, NaN where no drawn annotator rated f."""
+    weights = counts.annotator
+    sums, cnts = plan.likert_sums, plan.likert_counts
+    if isinstance(sums, np.ndarray):
+        exact = (
+            plan.likert_exact_float32
+            and weights.max() * plan.likert_face_count_max * max(plan.likert_rating_bound, 1.0)
+            < 2**24
+        )
+        dtype = np.float32 if exact else np.float64
+        w = weights.astype(dtype)
+        num = (w @ sums.astype(dtype, copy=False)).astype(np.float64)
+        den = (w @ cnts.astype(dtype, copy=False)).astype(np.float64)
+    else:
+        num = np.ascontiguousarray((sums.T @ weights.T).T)
+        den = np.ascontiguousarray((cnts.T @ weights.T).T)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _correlations(level: _Level, human: np.ndarray, weight: np.ndarray, out: Results) -> None:
+    """Spearman, Kendall (pair design), Pearson of every metric against ``human`` per row."""
+    rows, n = human.shape
+    n_metrics = level.metric.shape[0]
+    valid = np.isfinite(human)
+    base = np.where(valid, weight, 0.0)
+    filled = np.where(valid, human, 0.0)
+    order_h = _sort_rows(np.where(valid, human, np.inf))
+    human_sorted = _take(np.where(valid, human, np.inf), order_h)
+    rank_h_cache: dict[int, np.ndarray] = {}
+    rho = np.full((n_metrics, rows), np.nan)
+    r = np.full((n_metrics, rows), np.nan)
+    for m in range(n_metrics):
+        w = base * level.finite[m]
+        group = int(level.mask_group[m])
+        if group not in rank_h_cache:
+            ranks_sorted = ranks_in_sorted_order(human_sorted, _take(w, order_h))
+            rank_h_cache[group] = _put((rows, n), order_h, ranks_sorted)
+        w_m = _take(w, level.order[m])
+        rank_m = ranks_in_sorted_order(level.metric_sorted[m][None, :], w_m)
+        rho[m] = weighted_pearson_rows(_take(rank_h_cache[group], level.order[m]), rank_m, w_m)
+        r[m] = weighted_pearson_rows(filled, np.nan_to_num(level.metric[m])[None, :], w)
+    out[(level.name, "spearman")] = rho
+    out[(level.name, "pearson")] = r
+    # τ-b for all metrics at once: three (rows, K) @ (K, M) products.
+    a, b = level.pair_first, level.pair_second
+    pair_w = _take(base, a) * _take(base, b)
+    with np.errstate(invalid="ignore"):
+        sign_h = np.nan_to_num(np.sign(_take(filled, a) - _take(filled, b)))
+    weighted_sign = pair_w * sign_h
+    numerator = weighted_sign @ level.pair_sign
+    untied_m = pair_w @ np.abs(level.pair_sign)
+    untied_h = np.abs(weighted_sign) @ level.pair_valid
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = numerator / np.sqrt(untied_m * untied_h)
+    tau[~((untied_m > 0) & (untied_h > 0))] = np.nan
+    out[(level.name, "kendall_design")] = np.clip(tau, -1, 1).T
+
+
+def _likert_pair_accuracy(
+    plan: _Plan, human: np.ndarray, prompt_counts: np.ndarray, out: Results
+) -> None:
+    pairs = plan.likert_pairs
+    assert pairs is not None
+    n_metrics, rows = len(plan.metric_names), human.shape[0]
+    acc = np.full((n_metrics, rows), np.nan)
+    eps = np.full((n_metrics, rows), np.nan)
+    plain = np.full((n_metrics, rows), np.nan)
+    valid = np.isfinite(human)
+    filled = np.where(valid, human, 0.0)
+    for m, design in enumerate(pairs.designs):
+        if design is None:
+            continue
+        a, b = pairs.first[m], pairs.second[m]
+        weight = _take(prompt_counts, pairs.prompt[m]) * (_take(valid, a) & _take(valid, b))
+        label = np.sign(_take(filled, a) - _take(filled, b))
+        result = tie_calibrated_accuracy_sorted(design, label, weight)
+        acc[m], eps[m] = result.accuracy, result.epsilon
+        sign = pairs.plain_sign[m][None, :]
+        counted = weight * ((label != 0) & (sign != 0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            plain[m] = (counted * (label == sign)).sum(axis=1) / counted.sum(axis=1)
+    out[("likert_pairs", "accuracy_with_ties")] = acc
+    out[("likert_pairs", "epsilon")] = eps
+    out[("likert_pairs", "accuracy_without_ties")] = plain
+
+
+def _campaign_statistics(
+    plan: _Plan, counts: ResampleCounts, metric_dm: np.ndarray, out: Results
+) -> None:
+    campaign = plan.campaign
+    assert campaign is not None
+    weight = _take(counts.prompt, campaign.prompt) * _take(counts.annotator, campaign.annotator)
+    n_metrics, rows = len(plan.metric_names), weight.shape[0]
+    acc = np.full((n_metrics, rows), np.nan)
+    eps = np.full((n_metrics, rows), np.nan)
+    for m, design in enumerate(campaign.designs):
+        if design is None:
+            continue
+        sorted_rows = campaign.design_rows[m]
+        result = tie_calibrated_accuracy_sorted(
+            design, campaign.label[sorted_rows][None, :], _take(weight, sorted_rows)
+        )
+        acc[m], eps[m] = result.accuracy, result.epsilon
+    with np.errstate(invalid="ignore", divide="ignore"):
+        plain = (weight @ campaign.plain_hits) / (weight @ campaign.plain_counted)
+    out[("campaign", "accuracy_with_ties")] = acc
+    out[("campaign", "epsilon")] = eps
+    out[("campaign", "accuracy_without_ties")] = plain.T
+    k = campaign.n_dms
+    table = np.asarray((campaign.cells.T @ weight.T).T).reshape(rows, 2, k, k)
+    fit = fit_bradley_terry(table[:, 0], table[:, 1])
+    out[("bt", "log_strength")] = fit.log_strength.T
+    out[("bt", "log_tie")] = fit.log_tie[None, :]
+    _dm_agreement(fit.log_strength, metric_dm, "bt_agreement", out)
+
+
+def _dm_agreement(human_dm: np.ndarray, metric_dm: np.ndarray, name: str, out: Results) -> None:
+    """Spearman and Kendall across DMs between the human and each metric's DM scores."""
+    unit = np.ones_like(human_dm)  # weighted path: exact all-pairs τ-b on a few DMs
+    out[(name, "spearman")] = np.stack([spearman(human_dm, md) for md in metric_dm])
+    out[(name, "kendall")] = np.stack([kendall_tau_b(human_dm, md, unit) for md in metric_dm])
+
+
+def _metric_dm_means(plan: _Plan, face_prompt_counts: np.ndarray) -> np.ndarray:
+    """(M, rows, K): mean metric per DM over faces with a score, weighted by prompt counts."""
+    level = plan.face_level
+    out = np.empty((level.metric.shape[0], face_prompt_counts.shape[0], plan.dm_onehot.shape[1]))
+    for m in range(level.metric.shape[0]):
+        w = face_prompt_counts * level.finite[m]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[m] = ((w * np.nan_to_num(level.metric[m])) @ plan.dm_onehot) / (w @ plan.dm_onehot)
+    return out
+
+
+def _block(plan: _Plan, counts: ResampleCounts) -> Results:
+    out: Results = {}
+    face_prompt_counts = _take(counts.prompt, plan.faces.prompt)
+    metric_dm = _metric_dm_means(plan, face_prompt_counts)
+    if plan.likert_sums is not None:
+        human = _human_face_means(plan, counts)
+        valid = np.isfinite(human)
+        face_weight = np.where(valid, face_prompt_counts, 0.0)
+        _correlations(plan.face_level, human, face_weight, out)
+        # Image human value: mean of its faces' means (each face counts once).
+        filled = np.where(valid, human, 0.0)
+        num = np.asarray(plan.face_to_image @ filled.T).T
+        den = np.asarray(plan.face_to_image @ valid.T.astype(np.float64)).T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            image_human = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        image_weight = np.where(den > 0, _take(counts.prompt, plan.image_prompt), 0.0)
+        _correlations(plan.image_level, np.ascontiguousarray(image_human), image_weight, out)
+        if plan.likert_pairs is not None:
+            _likert_pair_accuracy(plan, human, counts.prompt, out)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            human_dm = ((face_weight * filled) @ plan.dm_onehot) / (face_weight @ plan.dm_onehot)
+        out[("dm", "human_mean")] = human_dm.T
+        _dm_agreement(human_dm, metric_dm, "dm_agreement", out)
+        for stat, values in plan.ceiling_values.items():
+            usable = np.isfinite(values)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[("ceiling", stat)] = (
+                    (counts.annotator @ np.where(usable, values, 0.0)) / (counts.annotator @ usable)
+                )[None, :]
+    for m in range(len(plan.metric_names)):
+        out[("dm", "metric_mean", str(m))] = metric_dm[m].T
+    if plan.campaign is not None:
+        _campaign_statistics(plan, counts, metric_dm, out)
+    return out
+
+
+# --- assembling the report -----------------------------------------------------------------
+
+
+def _exact_kendall(level: _Level, human: np.ndarray) -> np.ndarray:
+    """Point τ-b per metric: the design value when it is exhaustive, scipy otherwise."""
+    out = np.full(level.metric.shape[0], np.nan)
+    for m in range(level.metric.shape[0]):
+        keep = level.finite[m] & np.isfinite(human)
+        if keep.sum() > 1:
+            out[m] = scipy.stats.kendalltau(level.metric[m, keep], human[keep]).statistic
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, Interval):
+        return value.as_dict()
+    return value
+
+
+def alignment_report(
+    *,
+    faces: Faces,
+    metrics: Mapping[str, npt.ArrayLike],
+    likert: LikertJudgments | None = None,
+    pairwise: PairwiseJudgments | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    resample_annotators: bool = True,
+    kendall_max_pairs: int = 200_000,
+    gold_tolerance: float = 0.0,
+    split_half_splits: int = 20,
+    chunk: int | None = None,
+    threads: int = 2,
+    return_replicates: bool = False,
+) -> dict[str, Any]:
+    """Alignment of each metric with the humans, with ``level`` bootstrap percentile intervals.
+
+    ``metrics`` maps a metric name to its per-face values (F,), NaN = not scored; an image-level
+    metric repeats the image's value on each of its faces. Returns plain JSON-able data:
+    ``headline`` (per metric × statistic: point/low/high, best per column, human ceiling row),
+    ``differences`` (CIs of metric-minus-metric on the same resamples), ``correlations``,
+    ``pairwise``, ``dm_leaderboard``, ``reliability``, ``timings_s``, ``settings``.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    if likert is None and pairwise is None:
+        raise ValueError("alignment_report needs likert or pairwise judgments")
+    names = list(metrics)
+    if not names:
+        raise ValueError("alignment_report needs at least one metric")
+    metric = np.stack([np.asarray(metrics[n], dtype=np.float64) for n in names])
+    if metric.shape[1] != faces.n_faces:
+        raise ValueError(f"metric arrays must have {faces.n_faces} values, got {metric.shape[1]}")
+    for judgments in (likert, pairwise):
+        if judgments is not None:
+            judgments.check_against(faces)
+    n_annotators = 1 + max(
+        int(j.annotator.max()) if j is not None and len(j) else 0 for j in (likert, pairwise)
+    )
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+
+    image_count = np.bincount(faces.image, minlength=faces.n_images)
+    face_to_image = scipy.sparse.csr_matrix(
+        (np.ones(faces.n_faces), (faces.image, np.arange(faces.n_faces))),
+        shape=(faces.n_images, faces.n_faces),
+    )
+    finite = np.isfinite(metric)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        image_metric = np.stack(
+            [
+                (face_to_image @ np.where(finite[m], metric[m], 0.0)) / (face_to_image @ finite[m])
+                for m in range(len(names))
+            ]
+        )
+    image_prompt = np.zeros(faces.n_images, np.int64)
+    image_prompt[faces.image] = faces.prompt
+    has_faces = image_count > 0
+    image_metric[:, ~has_faces] = np.nan
+    plan = _Plan(
+        faces=faces,
+        n_annotators=n_annotators,
+        metric_names=names,
+        face_level=_Level.build(
+            "face", faces.prompt, metric, kendall_max_pairs=kendall_max_pairs, rng=rng
+        ),
+        image_level=_Level.build(
+            "image", image_prompt, image_metric, kendall_max_pairs=kendall_max_pairs, rng=rng
+        ),
+        face_to_image=face_to_image,
+        image_prompt=image_prompt,
+        dm_onehot=np.eye(faces.n_dms)[faces.dm],
+    )
+    if likert is not None:
+        _build_likert_tables(plan, likert)
+        plan.likert_pairs = _build_likert_pairs(plan)
+        ceiling = leave_one_out_ceiling(likert, faces.n_faces, n_annotators)
+        plan.ceiling_values = {
+            "spearman": ceiling.spearman, "kendall": ceiling.kendall, "pearson": ceiling.pearson,
+        }
+    if pairwise is not None:
+        plan.campaign = _build_campaign(plan, pairwise)
+    timings["prepare"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    point = _block(plan, ResampleCounts.identity(faces.n_prompts, n_annotators))
+    if likert is not None:
+        # Exact τ-b for the point estimate (the centred interval absorbs the design's offset).
+        human = _human_face_means(plan, ResampleCounts.identity(faces.n_prompts, n_annotators))
+        for lvl, values in (("face", human), ("image", None)):
+            level_obj = plan.face_level if lvl == "face" else plan.image_level
+            if values is None:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    valid = np.isfinite(human[0])
+                    values = (face_to_image @ np.where(valid, human[0], 0.0)) / (
+                        face_to_image @ valid.astype(float)
+                    )
+            else:
+                values = values[0]
+            if level_obj.exhaustive_pairs:
+                point[(lvl, "kendall")] = point[(lvl, "kendall_design")]
+            else:
+                point[(lvl, "kendall")] = _exact_kendall(level_obj, values)[:, None]
+    timings["point_estimates"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    widest = max(
+        faces.n_faces,
+        len(plan.face_level.pair_first),
+        len(pairwise) if pairwise is not None else 0,
+        sum(len(a) for a in plan.likert_pairs.first) // max(len(names), 1)
+        if plan.likert_pairs
+        else 0,
+    )
+    chunk = chunk or max(1, min(64, (1 << 21) // max(widest, 1)))
+    blocks = list(
+        iter_resample_counts(
+            n_prompts=faces.n_prompts,
+            n_annotators=n_annotators,
+            n_boot=n_boot,
+            seed=seed,
+            chunk=chunk,
+            resample_annotators=resample_annotators,
+        )
+    )
+    if threads > 1 and len(blocks) > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            parts = list(pool.map(lambda c: _block(plan, c), blocks))
+    else:
+        parts = [_block(plan, c) for c in blocks]
+    replicates: Results = {
+        key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]
+    } if parts else {}
+    timings["bootstrap"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    report = _assemble(
+        plan=plan,
+        point=point,
+        replicates=replicates,
+        level=level,
+        likert=likert,
+        pairwise=pairwise,
+        gold_tolerance=gold_tolerance,
+        split_half_splits=split_half_splits,
+        seed=seed,
+        return_replicates=return_replicates,
+    )
+    timings["reliability_and_assembly"] = time.perf_counter() - clock
+    report["timings_s"] = timings
+    report["settings"] = {
+        "n_boot": n_boot,
+        "seed": seed,
+        "level": level,
+        "resample_annotators": resample_annotators,
+        "kendall_max_pairs": kendall_max_pairs,
+        "kendall_bootstrap": "exhaustive pairs"
+        if plan.face_level.exhaustive_pairs
+        else "random pair design (incomplete U-statistic), centred on the exact point estimate",
+        "gold_tolerance": gold_tolerance,
+    }
+    return _jsonable(report)
+
+
+def _ci(
+    point: Results,
+    replicates: Results,
+    key: tuple[str, ...],
+    index: int,
+    level: float,
+    design_key: tuple[str, ...] | None = None,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> Interval:
+    p = float(point[key][index, 0]) if key in point else float("nan")
+    reps = replicates.get(design_key or key)
+    if reps is None:
+        return Interval(p, np.nan, np.nan, 0)
+    return interval(p, reps[index], level=level, bounds=bounds)
+
+
+def _headline_columns(
+    likert: LikertJudgments | None, pairwise: PairwiseJudgments | None
+) -> list[tuple[str, tuple[str, ...], tuple[str, ...] | None, tuple[float, float]]]:
+    """(column name, point key, replicate key if different, bounds) of the headline table."""
+    corr, share = (-1.0, 1.0), (0.0, 1.0)
+    columns: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, tuple[float, float]]] = []
+    if likert is not None:
+        for lvl in ("face", "image"):
+            for stat in CORRELATIONS:
+                design = (lvl, "kendall_design") if stat == "kendall" else None
+                columns.append((f"{lvl}_{stat}", (lvl, stat), design, corr))
+        for stat in ("accuracy_with_ties", "accuracy_without_ties"):
+            columns.append((f"likert_pairs_{stat}", ("likert_pairs", stat), None, share))
+    if pairwise is not None:
+        for stat in ("accuracy_with_ties", "accuracy_without_ties"):
+            columns.append((f"campaign_{stat}", ("campaign", stat), None, share))
+    if likert is not None:
+        for stat in ("spearman", "kendall"):
+            columns.append((f"dm_{stat}_vs_human_mean", ("dm_agreement", stat), None, corr))
+    if pairwise is not None:
+        for stat in ("spearman", "kendall"):
+            columns.append((f"dm_{stat}_vs_bradley_terry", ("bt_agreement", stat), None, corr))
+    return columns
+
+
+def _assemble(
+    *,
+    plan: _Plan,
+    point: Results,
+    replicates: Results,
+    level: float,
+    likert: LikertJudgments | None,
+    pairwise: PairwiseJudgments | None,
+    gold_tolerance: float,
+    split_half_splits: int,
+    seed: int,
+    return_replicates: bool,
+) -> dict[str, Any]:
+    names = plan.metric_names
+    table: dict[str, dict[str, Interval]] = {name: {} for name in names}
+    best = {}
+    differences: dict[str, list[dict[str, Any]]] = {}
+    for column, key, design, bounds in _headline_columns(likert, pairwise):
+        for m, name in enumerate(names):
+            table[name][column] = _ci(point, replicates, key, m, level, design, bounds)
+        points = np.array([table[n][column].point for n in names])
+        if np.isfinite(points).any():
+            best[column] = names[int(np.nanargmax(points))]
+        reps = replicates.get(design or key)
+        if reps is None:
+            continue
+        # Metric-minus-metric on the same resamples: the CI that says whether one metric
+        # really beats another (the two intervals alone overlap far more often).
+        width = bounds[1] - bounds[0]
+        rows = []
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                diff_point = table[names[i]][column].point - table[names[j]][column].point
+                ci = interval(diff_point, reps[i] - reps[j], level=level, bounds=(-width, width))
+                rows.append({"a": names[i], "b": names[j], **ci.as_dict()})
+        differences[column] = rows
+
+    ceiling: dict[str, Interval] = {}
+    reliability: dict[str, Any] = {}
+    if likert is not None:
+        for stat in CORRELATIONS:
+            values = plan.ceiling_values[stat]
+            p = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            reps = replicates.get(("ceiling", stat))
+            ceiling[f"face_{stat}"] = (
+                interval(p, reps[0], level=level, bounds=(-1.0, 1.0))
+                if reps is not None
+                else Interval(p, np.nan, np.nan, 0)
+            )
+        split = split_half_reliability(
+            likert, plan.faces.n_faces, n_splits=split_half_splits, seed=seed
+        )
+        domain_ok = len(np.unique(likert.rating)) > 1
+        reliability["likert"] = {
+            "krippendorff_alpha_ordinal": krippendorff_alpha(likert.face, likert.rating, level="ordinal")
+            if domain_ok
+            else None,
+            "krippendorff_alpha_interval": krippendorff_alpha(
+                likert.face, likert.rating, level="interval"
+            )
+            if domain_ok
+            else None,
+            "split_half": split.as_dict(),
+            "leave_one_out_per_annotator": {
+                stat: plan.ceiling_values[stat] for stat in CORRELATIONS
+            },
+            "gold_accuracy": gold_accuracy(
+                likert, tolerance=gold_tolerance, n_annotators=plan.n_annotators
+            ).as_dict(),
+            "self_consistency": self_consistency(
+                likert, tolerance=gold_tolerance, n_annotators=plan.n_annotators
+            ).as_dict(),
+        }
+    if pairwise is not None:
+        pair_alpha_ok = len(pairwise) > 1
+        reliability["pairwise"] = {
+            "gold_accuracy": pairwise_gold_accuracy(pairwise, n_annotators=plan.n_annotators).as_dict(),
+            "self_consistency": pairwise_self_consistency(
+                pairwise, n_annotators=plan.n_annotators
+            ).as_dict(),
+            "n_judgments": len(pairwise) if pair_alpha_ok else len(pairwise),
+        }
+
+    leaderboard: dict[str, Any] = {"dms": list(range(plan.faces.n_dms))}
+    if likert is not None:
+        leaderboard["human_mean"] = [
+            _ci(point, replicates, ("dm", "human_mean"), k, level) for k in range(plan.faces.n_dms)
+        ]
+    if pairwise is not None:
+        leaderboard["bradley_terry_log_strength"] = [
+            _ci(point, replicates, ("bt", "log_strength"), k, level)
+            for k in range(plan.faces.n_dms)
+        ]
+        leaderboard["bradley_terry_log_tie"] = _ci(point, replicates, ("bt", "log_tie"), 0, level)
+    leaderboard["metric_mean"] = {
+        name: [_ci(point, replicates, ("dm", "metric_mean", str(m)), k, level)
+               for k in range(plan.faces.n_dms)]
+        for m, name in enumerate(names)
+    }
+
+    epsilons = {
+        group: {
+            name: _ci(point, replicates, (group, "epsilon"), m, level) for m, name in enumerate(names)
+        }
+        for group in ("likert_pairs", "campaign")
+        if (group, "epsilon") in point
+    }
+    report: dict[str, Any] = {
+        "metrics": names,
+        "data": {
+            "n_faces": plan.faces.n_faces,
+            "n_images": plan.faces.n_images,
+            "n_prompts": plan.faces.n_prompts,
+            "n_dms": plan.faces.n_dms,
+            "n_annotators": plan.n_annotators,
+            "n_likert_judgments": len(likert) if likert is not None else 0,
+            "n_pairwise_judgments": len(pairwise) if pairwise is not None else 0,
+        },
+        "headline": {
+            "columns": list(table[names[0]]),
+            "rows": [{"metric": name, "values": table[name]} for name in names],
+            "best": best,
+            "human_ceiling": ceiling,
+        },
+        "differences": differences,
+        "tie_thresholds": epsilons,
+        "dm_leaderboard": leaderboard,
+        "reliability": reliability,
+    }
+    if return_replicates:
+        report["replicates"] = {"|".join(k): v for k, v in replicates.items()}
+    return report
