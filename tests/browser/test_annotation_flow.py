@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Route, expect
 
-from annotator.models import Assignment, Judgment, Membership
+from annotator.campaigns import add_gold_items
+from annotator.models import Assignment, Campaign, Face, Item, Judgment, Membership
 from tests.browser.conftest import SECRET_MODELS, log_in, make_photo_campaign
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -224,4 +225,74 @@ def test_buttons_mirror_the_keys_and_a_paused_annotator_sees_why(live_server, pa
     expect(page.locator("#annotate")).to_have_attribute("data-state", "paused")
     page.keyboard.press("3")
     assert Judgment.objects.filter(item__campaign=campaign).count() == 1
+    assert page.js_errors == []
+
+
+def test_held_keys_count_once_and_refused_answers_are_listed_not_retried(
+    live_server, page, annotator
+):
+    campaign = make_photo_campaign("likert", annotator, prompts=3)
+    log_in(page, live_server.url, "ann1")
+    open_campaign(page, live_server.url, campaign.pk)
+
+    # A key held down (auto-repeat) answers one item, not several.
+    first = current_item(page)
+    page.keyboard.down("4")
+    page.wait_for_function(
+        "id => document.getElementById('annotate').dataset.item !== String(id)", arg=first
+    )
+    next_item = current_item(page)
+    page.keyboard.down("4")  # still held: the browser sends it with repeat = true
+    page.keyboard.up("4")
+    expect(save_status(page)).to_have_text("All saved", timeout=SAVE_TIMEOUT_MS)
+    assert list(Judgment.objects.values_list("item_id", "rating")) == [(first, 4)]
+    assert current_item(page) == next_item
+
+    # A server error is retried with the same key until it goes through.
+    failures: list[int] = []
+
+    def fail_once(route: Route) -> None:
+        if failures:
+            route.continue_()
+            return
+        failures.append(503)
+        route.fulfill(status=503, json={"detail": "Service unavailable"})
+
+    page.route("**/api/judgments/", fail_once)
+    second = answer_with_key(page, "2")
+    expect(save_status(page)).to_have_text("All saved", timeout=SAVE_TIMEOUT_MS)
+    assert failures == [503]
+    assert Judgment.objects.get(item_id=second).rating == 2
+    page.unroute("**/api/judgments/")
+
+    # An answer that can never be stored (the campaign closed meanwhile) is dropped and listed.
+    campaign.status = Campaign.Status.FINISHED
+    campaign.save(update_fields=["status"])
+    answer_with_key(page, "5")
+    expect(page.locator("#rejections")).to_be_visible()
+    expect(page.locator("#rejection-list")).to_contain_text("judgments are closed")
+    expect(save_status(page)).to_have_text("All saved")
+    assert Judgment.objects.count() == 2
+    assert page.locator("#done-by-me").inner_text() == "2"
+    assert page.js_errors == []
+
+
+def test_failing_the_gold_checks_pauses_the_screen_with_the_reason(live_server, page, annotator):
+    campaign = make_photo_campaign(
+        "likert", annotator, prompts=3, gold_share=1.0, pause_min_gold=1, pause_threshold=1.0
+    )
+    face = Face.objects.filter(generation__dataset__campaigns=campaign).first()
+    add_gold_items(campaign=campaign, answers={face: "5"})
+    log_in(page, live_server.url, "ann1")
+    page.goto(f"{live_server.url}/campaigns/{campaign.pk}/annotate/")
+    gold = current_item(page)
+    assert Item.objects.get(pk=gold).is_gold
+    assert "gold" not in page.content().lower()  # nothing tells the annotator it is a check
+
+    page.keyboard.press("1")  # far from the expected 5
+    expect(page.locator("#annotate")).to_have_attribute("data-state", "paused")
+    expect(page.locator("#banner")).to_contain_text("You are paused")
+    assert Membership.objects.get(campaign=campaign).is_paused
+    page.keyboard.press("3")  # nothing to answer any more
+    assert Judgment.objects.count() == 1
     assert page.js_errors == []
