@@ -222,7 +222,8 @@ class Item(models.Model):
             ),
             models.CheckConstraint(condition=Q(is_gold=False) | ~Q(gold_answer=""), name="item_gold_has_answer"),
         ]
-        indexes = [models.Index(fields=["campaign", "is_gold", "judgment_count"])]
+        # The claim walks a campaign's items in this order and stops at the first free one.
+        indexes = [models.Index(fields=["campaign", "is_gold", "-judgment_count", "id"], name="item_claim_order")]
 
     def __str__(self) -> str:
         return f"item {self.pk} of campaign {self.campaign_id}"
