@@ -220,7 +220,7 @@ def validate_image(data: bytes | IO[bytes], *, name: str) -> ValidImage:
         try:
             probe.verify()
             # verify() leaves the image unusable; decode it in full from a fresh open.
-            image = Image.open(io.BytesIO(raw), formats=[source_format])
+            image: Image.Image = Image.open(io.BytesIO(raw), formats=[source_format])
             previous = ImageFile.LOAD_TRUNCATED_IMAGES
             if previous:  # someone switched it on globally; truncated files must still fail
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -594,10 +594,17 @@ class FileSetSource:
         return image.read(settings.FACEBENCH_MAX_IMAGE_BYTES + 1)
 
 
-def open_source(source: Path | str | ImportSource, *, manifest: Path | None = None) -> ImportSource:
-    """A folder or a .zip path as an ``ImportSource`` (sources pass through)."""
+def open_source(
+    source: Path | str | ImportSource | IO[bytes], *, manifest: Path | None = None
+) -> ImportSource:
+    """A folder, a .zip path or an open zip file as an ``ImportSource`` (sources pass through)."""
     if not isinstance(source, str | Path):
-        return source
+        if hasattr(source, "manifest"):
+            return source  # type: ignore[return-value]
+        # An uploaded (or otherwise opened) zip file.
+        return ZipSource(
+            source, name=PurePosixPath(str(getattr(source, "name", "") or "the zip")).name
+        )
     path = Path(source)
     if path.is_dir():
         return FolderSource(path, manifest)
@@ -665,7 +672,7 @@ def _create_generation(*, dataset: Dataset, row: ManifestRow, image: ValidImage)
 def import_generations(
     *,
     dataset: Dataset,
-    source: Path | str | ImportSource,
+    source: Path | str | ImportSource | IO[bytes],
     created_by: Any = None,
     manifest: Path | None = None,
     progress: ProgressCallback | None = None,
@@ -834,7 +841,7 @@ def run_import_job(job_id: int) -> dict[str, Any]:
     job = Job.objects.get(pk=job_id)
     config = job.config
     dataset = Dataset.objects.get(pk=config["dataset_id"])
-    handles: list[IO[bytes]] = []
+    handles: list[Any] = []
     try:
         if config.get("zip"):
             handle = default_storage.open(config["zip"], "rb")

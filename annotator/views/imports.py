@@ -19,6 +19,7 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_POST
@@ -263,14 +264,14 @@ def import_job(request: HttpRequest, pk: int) -> HttpResponse:
 # --- images ------------------------------------------------------------------------------------
 
 
-def _image_response(response: HttpResponse) -> HttpResponse:
+def _image_response(response: HttpResponseBase) -> HttpResponseBase:
     response["Cache-Control"] = IMAGE_CACHE_CONTROL
     response["X-Content-Type-Options"] = "nosniff"
     return response
 
 
 @login_required
-def generation_image(request: HttpRequest, pk: int) -> HttpResponse:
+def generation_image(request: HttpRequest, pk: int) -> HttpResponseBase:
     generation = get_object_or_404(Generation.objects.only("id", "image"), pk=pk)
     try:
         handle = generation.image.open("rb")
@@ -280,7 +281,7 @@ def generation_image(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-def face_crop(request: HttpRequest, pk: int) -> HttpResponse:
+def face_crop(request: HttpRequest, pk: int) -> HttpResponseBase:
     face = get_object_or_404(Face.objects.select_related("generation"), pk=pk)
     try:
         with face.generation.image.open("rb") as fh:

@@ -306,3 +306,16 @@ def test_uploaded_manifest_and_images_are_matched_by_name(dataset: Dataset) -> N
     )
 
     assert report.imported == 2
+
+
+def test_an_uploaded_zip_file_object_is_a_source(dataset: Dataset) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    upload = SimpleUploadedFile(
+        "gens.zip",
+        images.make_zip(
+            {"manifest.csv": b"file,prompt,model\na.png,p,m\n", "a.png": images.solid_png()}
+        ),
+    )
+
+    assert import_generations(dataset=dataset, source=upload).imported == 1
