@@ -108,7 +108,7 @@ _IR = "ml.metrics.imagereward"
 _BLIP_TOKENIZER = "bert-base-uncased/vocab.txt"
 _AESTHETIC_FILES = (
     "aesthetic/sac+logos+ava1-l14-linearMSE.pth",
-    "CLIP/ViT-L-14-openai/open_clip_model.safetensors",
+    "CLIP/ViT-L-14.pt",
 )
 
 for _spec in (

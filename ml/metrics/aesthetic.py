@@ -7,10 +7,10 @@ OpenAI CLIP's (`clip.load` preprocess). Upstream L2-normalises in numpy with a z
 so do we, in torch.
 
 Weights dir layout:
-    aesthetic/sac+logos+ava1-l14-linearMSE.pth
-    CLIP/ViT-L-14-openai/open_clip_model.safetensors   OpenAI CLIP ViT-L/14 with open_clip key
-        names (e.g. `open_clip_model.safetensors` of hf.co/timm/vit_large_patch14_clip_224.openai)
-    CLIP/ViT-L-14-openai/open_clip_config.json          optional (tiny test models)
+    aesthetic/sac+logos+ava1-l14-linearMSE.pth   (in the upstream repository)
+    CLIP/ViT-L-14.pt                             OpenAI's CLIP ViT-L/14 as `clip.load("ViT-L/14")`
+        caches it (TorchScript), or a state dict with open_clip key names
+    CLIP/ViT-L-14.open_clip_config.json          optional (tiny test models)
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from ml.weights import sha256_file
 logger = logging.getLogger(__name__)
 
 HEAD_FILE = "aesthetic/sac+logos+ava1-l14-linearMSE.pth"
-CLIP_DIR = "CLIP/ViT-L-14-openai"
-CLIP_FILE = f"{CLIP_DIR}/open_clip_model.safetensors"
+CLIP_FILE = "CLIP/ViT-L-14.pt"
+CLIP_CONFIG_FILE = "CLIP/ViT-L-14.open_clip_config.json"
 
 
 class AestheticMetric(Metric):
@@ -50,7 +50,7 @@ class AestheticMetric(Metric):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
         clip, config = load_clip(
-            "ViT-L-14", weights_dir / CLIP_DIR, weights_dir / CLIP_FILE, quick_gelu=True
+            "ViT-L-14", weights_dir / CLIP_CONFIG_FILE, weights_dir / CLIP_FILE, quick_gelu=True
         )
         self.image_size = int(config["vision_cfg"].get("image_size", 224))
         # Only the image tower is used; the text tower is loaded (strictness) and dropped.

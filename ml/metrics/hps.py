@@ -47,7 +47,11 @@ class HPSMetric(Metric):
         self.dtype = resolve_dtype(self.device, dtype)
         checkpoint = weights_dir / self.checkpoint_file
         model, config = load_clip(
-            "ViT-H-14", weights_dir / HPS_DIR, checkpoint, quick_gelu=False, subkey="state_dict"
+            "ViT-H-14",
+            weights_dir / HPS_DIR / "open_clip_config.json",
+            checkpoint,
+            quick_gelu=False,
+            subkey="state_dict",
         )
         self.model = model.to(self.device).requires_grad_(False)
         self.image_size = int(config["vision_cfg"].get("image_size", 224))

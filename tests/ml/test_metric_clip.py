@@ -185,13 +185,28 @@ def test_aesthetic_ignores_prompts_and_scores_face_crops_too(weights_dir: Path, 
 
 def test_aesthetic_without_the_clip_tower_is_unavailable(tmp_path: Path):
     tiny_models.write_tiny_aesthetic(tmp_path)
-    (tmp_path / "CLIP" / "ViT-L-14-openai" / "open_clip_model.safetensors").unlink()
-    with pytest.raises(MetricUnavailable, match="open_clip_model.safetensors"):
+    (tmp_path / "CLIP" / "ViT-L-14.pt").unlink()
+    with pytest.raises(MetricUnavailable, match=r"CLIP/ViT-L-14\.pt"):
         metrics.create("aesthetic", weights_dir=tmp_path)
 
 
-def test_aesthetic_with_a_truncated_clip_file_says_so(tmp_path: Path):
-    clip_file, _ = tiny_models.write_tiny_aesthetic(tmp_path)
-    clip_file.write_bytes(clip_file.read_bytes()[:1000])
+def test_aesthetic_reads_openais_torchscript_clip_archive(tmp_path: Path, aesthetic):
+    tiny_models.write_tiny_aesthetic(tmp_path, openai_torchscript=True)
+    from_archive = metrics.create("aesthetic", weights_dir=tmp_path)
+    photos = _photos()[:2]
+    torch.testing.assert_close(from_archive.score(photos), aesthetic.score(photos))
+
+
+@pytest.mark.parametrize("openai_torchscript", [False, True])
+def test_aesthetic_with_a_truncated_clip_file_says_so(tmp_path: Path, openai_torchscript: bool):
+    clip_file, _ = tiny_models.write_tiny_aesthetic(tmp_path, openai_torchscript=openai_torchscript)
+    clip_file.write_bytes(clip_file.read_bytes()[:5000])
     with pytest.raises(CheckpointMismatch, match="truncated or corrupt"):
+        metrics.create("aesthetic", weights_dir=tmp_path)
+
+
+def test_aesthetic_head_for_another_embedding_size_is_rejected(tmp_path: Path):
+    _, head_file = tiny_models.write_tiny_aesthetic(tmp_path)
+    torch.save(tiny_models.aesthetic_head_state_dict(0, 768), head_file)
+    with pytest.raises(CheckpointMismatch, match="expects 768-d CLIP embeddings"):
         metrics.create("aesthetic", weights_dir=tmp_path)

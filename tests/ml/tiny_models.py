@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -279,13 +280,46 @@ def aesthetic_head_state_dict(seed: int, input_size: int) -> dict[str, torch.Ten
     return state
 
 
-def write_tiny_aesthetic(weights_dir: Path, *, seed: int = 3) -> tuple[Path, Path]:
-    from safetensors.torch import save_file
+class _TensorTree(torch.nn.Module):
+    """Holds tensors under dotted names, so a scripted copy has exactly that state dict."""
 
-    clip_folder = weights_dir / "CLIP" / "ViT-L-14-openai"
-    _write_open_clip_config(clip_folder, quick_gelu=True)
-    clip_file = clip_folder / "open_clip_model.safetensors"
-    save_file(tiny_open_clip_state_dict(seed, quick_gelu=True), str(clip_file))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def write_torchscript_state_dict(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """A TorchScript archive whose `state_dict()` is `state`, the shape of OpenAI's CLIP `.pt`."""
+    root = _TensorTree()
+    for key, tensor in state.items():
+        *parents, leaf = key.split(".")
+        node = root
+        for part in parents:
+            if not hasattr(node, part):
+                node.add_module(part, _TensorTree())
+            node = getattr(node, part)
+        node.register_buffer(leaf, tensor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, OpenAI's format
+        torch.jit.script(root).save(str(path))
+
+
+def write_tiny_aesthetic(
+    weights_dir: Path, *, seed: int = 3, openai_torchscript: bool = False
+) -> tuple[Path, Path]:
+    """`CLIP/ViT-L-14.pt` (a state dict, or like OpenAI's TorchScript archive with its three
+    metadata entries) + its tiny config, and the aesthetic head."""
+    clip_dir = weights_dir / "CLIP"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": {**TINY_OPEN_CLIP, "quick_gelu": True}, "preprocess_cfg": {}}
+    (clip_dir / "ViT-L-14.open_clip_config.json").write_text(json.dumps(config, indent=2))
+    clip_file = clip_dir / "ViT-L-14.pt"
+    state = tiny_open_clip_state_dict(seed, quick_gelu=True)
+    if openai_torchscript:
+        metadata = {"input_resolution": 224, "context_length": 77, "vocab_size": 49408}
+        state.update({key: torch.tensor(value) for key, value in metadata.items()})
+        write_torchscript_state_dict(clip_file, state)
+    else:
+        torch.save(state, clip_file)
     head_file = weights_dir / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"
     head_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(aesthetic_head_state_dict(seed, TINY_OPEN_CLIP["embed_dim"]), head_file)
