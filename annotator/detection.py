@@ -159,19 +159,25 @@ def start_detection_job(
     created_by: Any = None,
     detector_name: str = DEFAULT_DETECTOR,
 ) -> Any:
-    """Create a detect ``Job`` for these generations (or a whole dataset) and queue it on commit."""
+    """Create a detect ``Job`` and queue it on commit.
+
+    For ``generation_ids`` when given (``dataset`` then only labels the job for the dataset's
+    pages), else for every generation of ``dataset``.
+    """
     from annotator.tasks import detect_faces_task
     from jobs.models import Job
 
-    if (generation_ids is None) == (dataset is None):
-        raise ValueError("pass either generation_ids or dataset")
+    if generation_ids is None and dataset is None:
+        raise ValueError("pass generation_ids, dataset, or both")
     config: dict[str, Any] = {"detector": detector_name}
     if dataset is not None:
         config["dataset_id"] = dataset.pk
-        total = dataset.generations.count()
-    else:
-        config["generation_ids"] = sorted(set(generation_ids or []))
+    if generation_ids is not None:
+        config["generation_ids"] = sorted(set(generation_ids))
         total = len(config["generation_ids"])
+    else:
+        assert dataset is not None
+        total = dataset.generations.count()
     with transaction.atomic():
         job = Job.objects.create(
             kind=Job.Kind.DETECT, config=config, created_by=created_by, progress_total=total
@@ -185,12 +191,13 @@ def run_detection_job(job_id: int) -> dict[str, Any]:
     from jobs.models import Job
 
     config = Job.objects.get(pk=job_id).config
-    if "dataset_id" in config:
-        ids: Sequence[int] = list(
+    ids: Sequence[int]
+    if "generation_ids" in config:
+        ids = config["generation_ids"]
+    else:
+        ids = list(
             Generation.objects.filter(dataset_id=config["dataset_id"]).values_list("pk", flat=True)
         )
-    else:
-        ids = config.get("generation_ids", [])
     return detect_faces_for_generations(
         generation_ids=ids, detector_name=config.get("detector", DEFAULT_DETECTOR), job_id=job_id
     )

@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import stat
+import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -57,6 +58,7 @@ REQUIRED_COLUMNS = ("file", "prompt", "model")
 KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "model_version", "seed", "sampler")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+PROGRESS_INTERVAL_S = 0.5
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -556,7 +558,17 @@ class ZipSource:
 
     def manifest(self) -> tuple[str, bytes]:
         root_files = [n for n in self.entries if "/" not in n]
-        name = _pick_manifest(root_files, self.description)
+        try:
+            name = _pick_manifest(root_files, self.description)
+        except ImportRejected as exc:
+            nested = sorted(n for n in self.entries if PurePosixPath(n).name in MANIFEST_NAMES)
+            if nested and not root_files:
+                # The usual mistake: zipping the folder instead of its contents.
+                raise ImportRejected(
+                    f"{exc.reason} Found {nested[0]} in a subfolder: zip the folder's contents, "
+                    "not the folder itself."
+                ) from None
+            raise
         data = self._read_entry(self.entries[name], MAX_MANIFEST_BYTES)
         return name, data
 
@@ -857,13 +869,17 @@ def run_import_job(job_id: int) -> dict[str, Any]:
                 handles.append(image)
                 images.append(image)
             source = FileSetSource(manifest, images, manifest_name=config.get("manifest_name", ""))
-        last_total = [-1]
+        last = {"total": -1, "at": 0.0}
 
         def report_progress(done: int, total: int) -> None:
-            if total != last_total[0]:
+            if total != last["total"]:
                 job_progress.set_total(job_id, total)
-                last_total[0] = total
-            job_progress.advance(job_id, done)
+                last["total"] = total
+            # Two queries per write: a few times a second is plenty for a progress bar.
+            now = time.monotonic()
+            if done == total or now - last["at"] >= PROGRESS_INTERVAL_S:
+                job_progress.advance(job_id, done)
+                last["at"] = now
 
         report = import_generations(
             dataset=dataset, source=source, created_by=job.created_by, progress=report_progress
@@ -884,7 +900,7 @@ def run_import_job(job_id: int) -> dict[str, Any]:
     result["dataset_id"] = dataset.pk
     if report.generation_ids:
         detect_job = start_detection_job(
-            generation_ids=report.generation_ids, created_by=job.created_by
+            generation_ids=report.generation_ids, dataset=dataset, created_by=job.created_by
         )
         result["detect_job_id"] = detect_job.pk
         job_progress.log(job_id, f"face detection queued as job {detect_job.pk}")

@@ -183,6 +183,8 @@ def test_posting_a_zip_queues_an_import_job_that_imports_then_queues_detection(
     assert len(queued_detection) == 1
     detect_job = Job.objects.get(pk=job.result["detect_job_id"])
     assert detect_job.kind == Job.Kind.DETECT and detect_job.created_by == researcher
+    assert detect_job.config["dataset_id"] == dataset.pk  # listed on the dataset's page
+    assert len(detect_job.config["generation_ids"]) == 2
 
     detect_faces_task(detect_job.pk)
     detect_job.refresh_from_db()

@@ -319,3 +319,14 @@ def test_an_uploaded_zip_file_object_is_a_source(dataset: Dataset) -> None:
     )
 
     assert import_generations(dataset=dataset, source=upload).imported == 1
+
+
+def test_a_zipped_folder_gets_a_hint_about_the_manifest_in_its_subfolder(dataset: Dataset) -> None:
+    upload = images.make_zip(
+        {"gens/manifest.jsonl": images.jsonl([row("a.png")]), "gens/a.png": images.solid_png()}
+    )
+
+    with pytest.raises(
+        ImportRejected, match="Found gens/manifest.jsonl in a subfolder: zip the folder's contents"
+    ):
+        import_generations(dataset=dataset, source=ZipSource(io.BytesIO(upload)))
