@@ -101,9 +101,7 @@ def weighted_pearson_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.nda
     return np.clip(r, -1.0, 1.0)
 
 
-def pearson(
-    x: npt.ArrayLike, y: npt.ArrayLike, weights: npt.ArrayLike | None = None
-) -> np.ndarray:
+def pearson(x: npt.ArrayLike, y: npt.ArrayLike, weights: npt.ArrayLike | None = None) -> np.ndarray:
     """Pearson r per row, pairwise complete, frequency-weighted."""
     xr, yr = _rows(x), _rows(y)
     xr, yr = np.broadcast_arrays(xr, yr)

@@ -169,12 +169,17 @@ class PairwiseJudgments:
         annotator_arr = _index_array("annotator", annotator)
         outcome_arr = _index_array("outcome", outcome, upper=len(PairOutcome))
         gold_arr = None if gold is None else _int_array("gold", gold)
-        if gold_arr is not None and gold_arr.size and (
-            gold_arr.min() < -1 or gold_arr.max() >= len(PairOutcome)
+        if (
+            gold_arr is not None
+            and gold_arr.size
+            and (gold_arr.min() < -1 or gold_arr.max() >= len(PairOutcome))
         ):
             raise ValueError("gold must be -1 (not gold) or a PairOutcome code")
         _same_length(
-            left_face=left, right_face=right, annotator=annotator_arr, outcome=outcome_arr,
+            left_face=left,
+            right_face=right,
+            annotator=annotator_arr,
+            outcome=outcome_arr,
             gold=gold_arr,
         )
         if np.any(left == right):

@@ -116,7 +116,11 @@ def pairwise_accuracy_with_ties(
     """acc_eq with calibrated ε per row. ``label`` (+1, −1, 0) and ``weights`` are (R, K) or
     (K,) in the original pair order; weights are frequency weights (default 1)."""
     lab = np.atleast_2d(label)
-    w = np.ones(lab.shape) if weights is None else np.broadcast_to(np.atleast_2d(weights), lab.shape)
+    w = (
+        np.ones(lab.shape)
+        if weights is None
+        else np.broadcast_to(np.atleast_2d(weights), lab.shape)
+    )
     return tie_calibrated_accuracy_sorted(design, lab[:, design.order], w[:, design.order])
 
 
@@ -126,7 +130,11 @@ def plain_pairwise_accuracy(
     """Share of pairs with the human's sign among pairs untied by humans *and* by the metric."""
     sign = np.sign(np.asarray(diff, dtype=np.float64))
     lab = np.atleast_2d(label)
-    w = np.ones(lab.shape) if weights is None else np.broadcast_to(np.atleast_2d(weights), lab.shape)
+    w = (
+        np.ones(lab.shape)
+        if weights is None
+        else np.broadcast_to(np.atleast_2d(weights), lab.shape)
+    )
     counted = w * ((lab != 0) & (sign[None, :] != 0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return (counted * (lab == sign[None, :])).sum(axis=1) / counted.sum(axis=1)

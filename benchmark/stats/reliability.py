@@ -56,12 +56,19 @@ def krippendorff_alpha(
     """
     unit_arr = np.asarray(unit, dtype=np.int64)
     value_arr = np.asarray(value, dtype=np.float64)
+    if level == "interval" and value_domain is None:
+        return _interval_alpha(unit_arr, value_arr)
     domain = np.unique(value_arr) if value_domain is None else np.asarray(value_domain, float)
     index = np.searchsorted(domain, value_arr)
-    if np.any(index >= len(domain)) or np.any(domain[np.minimum(index, len(domain) - 1)] != value_arr):
+    outside = np.any(index >= len(domain))
+    if outside or np.any(domain[np.minimum(index, len(domain) - 1)] != value_arr):
         raise ValueError("every value must be in the value domain")
     if len(domain) < 2:
         raise ValueError("Krippendorff's alpha needs at least two distinct values")
+    if len(domain) > 2000:
+        raise ValueError(
+            f"{len(domain)} distinct values: an ordinal/nominal alpha needs a discrete scale"
+        )
     n_units = int(unit_arr.max()) + 1
     counts = scipy.sparse.csr_matrix(
         (np.ones(len(unit_arr)), (unit_arr, index)), shape=(n_units, len(domain))
@@ -89,6 +96,27 @@ def krippendorff_alpha(
     else:
         raise ValueError(f"unknown level of measurement {level!r}")
     return float(1.0 - (o * delta).sum() / (e * delta).sum())
+
+
+def _interval_alpha(unit: np.ndarray, value: np.ndarray) -> float:
+    """Interval α without the V×V matrices, so continuous ratings cost O(n):
+
+    Σ o δ² = Σ_u 2 m_u Σ_{i∈u} (v_i − v̄_u)² / (m_u − 1) and
+    Σ e δ² = 2 n Σ_i (v_i − v̄)² / (n − 1) over the n pairable values (units with m_u ≥ 2).
+    """
+    m = np.bincount(unit).astype(np.float64)
+    pairable = m[unit] >= 2
+    unit, value = unit[pairable], value[pairable]
+    if len(value) == 0:
+        raise ValueError("Krippendorff's alpha needs a unit rated at least twice")
+    m_u = m[unit]
+    unit_mean = np.bincount(unit, value, len(m))[unit] / m_u
+    observed = np.sum(2.0 * m_u * (value - unit_mean) ** 2 / (m_u - 1.0))
+    n = len(value)
+    expected = 2.0 * n * np.sum((value - value.mean()) ** 2) / (n - 1.0)
+    if expected == 0:
+        raise ValueError("Krippendorff's alpha needs at least two distinct values")
+    return float(1.0 - observed / expected)
 
 
 # --- leave-one-out ceiling -----------------------------------------------------------------

@@ -107,6 +107,7 @@ class _Level:
     finite: np.ndarray  # (M, N)
     order: np.ndarray  # (M, N) argsort of each metric (NaN last)
     metric_sorted: np.ndarray  # (M, N)
+    metric_filled: np.ndarray  # (M, N), 0 where missing (those units get weight 0)
     mask_group: np.ndarray  # (M,) metrics with identical missing patterns share human ranks
     pair_first: np.ndarray
     pair_second: np.ndarray
@@ -141,8 +142,19 @@ class _Level:
         with np.errstate(invalid="ignore"):
             sign = np.nan_to_num(np.sign(metric[:, first] - metric[:, second])).T
         return cls(
-            name, prompt, metric, finite, order, metric_sorted, mask_group.ravel(),
-            first, second, sign * valid, valid.astype(np.float64), exhaustive,
+            name,
+            prompt,
+            metric,
+            finite,
+            order,
+            metric_sorted,
+            np.where(finite, metric, 0.0),
+            mask_group.ravel(),
+            first,
+            second,
+            sign * valid,
+            valid.astype(np.float64),
+            exhaustive,
         )
 
 
@@ -261,8 +273,15 @@ def _build_campaign(plan: _Plan, pairwise: PairwiseJudgments) -> _Campaign:
         (np.ones(len(pairwise)), (np.arange(len(pairwise)), cell)), shape=(len(pairwise), 2 * k * k)
     )
     return _Campaign(
-        faces.prompt[pairwise.left_face], pairwise.annotator, label, designs, rows,
-        plain_hits, plain_counted, cells, k,
+        faces.prompt[pairwise.left_face],
+        pairwise.annotator,
+        label,
+        designs,
+        rows,
+        plain_hits,
+        plain_counted,
+        cells,
+        k,
     )
 
 
@@ -311,14 +330,13 @@ def _correlations(level: _Level, human: np.ndarray, weight: np.ndarray, out: Res
         w_m = _take(w, level.order[m])
         rank_m = ranks_in_sorted_order(level.metric_sorted[m][None, :], w_m)
         rho[m] = weighted_pearson_rows(_take(rank_h_cache[group], level.order[m]), rank_m, w_m)
-        r[m] = weighted_pearson_rows(filled, np.nan_to_num(level.metric[m])[None, :], w)
+        r[m] = weighted_pearson_rows(filled, level.metric_filled[m][None, :], w)
     out[(level.name, "spearman")] = rho
     out[(level.name, "pearson")] = r
     # τ-b for all metrics at once: three (rows, K) @ (K, M) products.
     a, b = level.pair_first, level.pair_second
     pair_w = _take(base, a) * _take(base, b)
-    with np.errstate(invalid="ignore"):
-        sign_h = np.nan_to_num(np.sign(_take(filled, a) - _take(filled, b)))
+    sign_h = np.sign(_take(filled, a) - _take(filled, b))
     weighted_sign = pair_w * sign_h
     numerator = weighted_sign @ level.pair_sign
     untied_m = pair_w @ np.abs(level.pair_sign)
@@ -549,7 +567,9 @@ def alignment_report(
         plan.likert_pairs = _build_likert_pairs(plan)
         ceiling = leave_one_out_ceiling(likert, faces.n_faces, n_annotators)
         plan.ceiling_values = {
-            "spearman": ceiling.spearman, "kendall": ceiling.kendall, "pearson": ceiling.pearson,
+            "spearman": ceiling.spearman,
+            "kendall": ceiling.kendall,
+            "pearson": ceiling.pearson,
         }
     if pairwise is not None:
         plan.campaign = _build_campaign(plan, pairwise)
@@ -601,9 +621,9 @@ def alignment_report(
             parts = list(pool.map(lambda c: _block(plan, c), blocks))
     else:
         parts = [_block(plan, c) for c in blocks]
-    replicates: Results = {
-        key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]
-    } if parts else {}
+    replicates: Results = (
+        {key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]} if parts else {}
+    )
     timings["bootstrap"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -728,15 +748,18 @@ def _assemble(
         split = split_half_reliability(
             likert, plan.faces.n_faces, n_splits=split_half_splits, seed=seed
         )
-        domain_ok = len(np.unique(likert.rating)) > 1
+        distinct = len(np.unique(likert.rating))
         reliability["likert"] = {
-            "krippendorff_alpha_ordinal": krippendorff_alpha(likert.face, likert.rating, level="ordinal")
-            if domain_ok
+            # Ordinal α needs a discrete scale (its distance matrix is V × V).
+            "krippendorff_alpha_ordinal": krippendorff_alpha(
+                likert.face, likert.rating, level="ordinal"
+            )
+            if 1 < distinct <= 100
             else None,
             "krippendorff_alpha_interval": krippendorff_alpha(
                 likert.face, likert.rating, level="interval"
             )
-            if domain_ok
+            if distinct > 1
             else None,
             "split_half": split.as_dict(),
             "leave_one_out_per_annotator": {
@@ -752,7 +775,9 @@ def _assemble(
     if pairwise is not None:
         pair_alpha_ok = len(pairwise) > 1
         reliability["pairwise"] = {
-            "gold_accuracy": pairwise_gold_accuracy(pairwise, n_annotators=plan.n_annotators).as_dict(),
+            "gold_accuracy": pairwise_gold_accuracy(
+                pairwise, n_annotators=plan.n_annotators
+            ).as_dict(),
             "self_consistency": pairwise_self_consistency(
                 pairwise, n_annotators=plan.n_annotators
             ).as_dict(),
@@ -771,14 +796,17 @@ def _assemble(
         ]
         leaderboard["bradley_terry_log_tie"] = _ci(point, replicates, ("bt", "log_tie"), 0, level)
     leaderboard["metric_mean"] = {
-        name: [_ci(point, replicates, ("dm", "metric_mean", str(m)), k, level)
-               for k in range(plan.faces.n_dms)]
+        name: [
+            _ci(point, replicates, ("dm", "metric_mean", str(m)), k, level)
+            for k in range(plan.faces.n_dms)
+        ]
         for m, name in enumerate(names)
     }
 
     epsilons = {
         group: {
-            name: _ci(point, replicates, (group, "epsilon"), m, level) for m, name in enumerate(names)
+            name: _ci(point, replicates, (group, "epsilon"), m, level)
+            for m, name in enumerate(names)
         }
         for group in ("likert_pairs", "campaign")
         if (group, "epsilon") in point

@@ -69,7 +69,9 @@ def simulate_study(
     annotators = np.argsort(rng.random((n_faces, n_annotators)), axis=1)[:, :k]
     face = np.repeat(np.arange(n_faces), k)
     annotator = annotators.ravel()
-    rating = 3.0 + quality[face] + bias[annotator] + rng.normal(0.0, 1.0, len(face)) * noise[annotator]
+    rating = (
+        3.0 + quality[face] + bias[annotator] + rng.normal(0.0, 1.0, len(face)) * noise[annotator]
+    )
     if round_to_likert:
         rating = np.clip(np.round(rating), 1, 5)
     likert = LikertJudgments(face=face, annotator=annotator, rating=rating)

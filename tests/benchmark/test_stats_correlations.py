@@ -24,7 +24,9 @@ SCIPY = {
 }
 
 
-def _tied_data_with_gaps(rng: np.random.Generator, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _tied_data_with_gaps(
+    rng: np.random.Generator, rows: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     x = rng.integers(0, 6, (rows, n)).astype(float)  # few distinct values: many ties
     y = 0.5 * x + rng.integers(0, 4, (rows, n))
     x[rng.random(x.shape) < 0.15] = np.nan
@@ -103,7 +105,11 @@ def test_report_point_estimates_equal_scipy_at_face_and_image_level(kendall_max_
     with np.errstate(invalid="ignore", divide="ignore"):
         human, image_human, image_metric = _face_and_image_means(study, metric)
     report = alignment_report(
-        faces=study.faces, likert=study.likert, metrics={"m": metric}, n_boot=20, seed=0,
+        faces=study.faces,
+        likert=study.likert,
+        metrics={"m": metric},
+        n_boot=20,
+        seed=0,
         kendall_max_pairs=kendall_max_pairs,
     )
     values = report["headline"]["rows"][0]["values"]

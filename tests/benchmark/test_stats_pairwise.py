@@ -17,7 +17,9 @@ from benchmark.stats import (
 from benchmark.stats.simulate import simulate_study
 
 
-def _brute_force_acc_eq(diff: np.ndarray, label: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+def _brute_force_acc_eq(
+    diff: np.ndarray, label: np.ndarray, weight: np.ndarray
+) -> tuple[float, float]:
     best, best_eps = -1.0, 0.0
     for eps in np.concatenate([[0.0], np.sort(np.abs(diff))]):
         predicted = np.where(np.abs(diff) <= eps, 0, np.sign(diff))
@@ -77,14 +79,19 @@ def test_within_prompt_pairs_lists_every_pair_of_a_prompt_once() -> None:
     first, second = within_prompt_pairs(prompt)
     got = sorted(zip(first.tolist(), second.tolist(), strict=True))
     expected = sorted(
-        (i, j) for i in range(len(prompt)) for j in range(i + 1, len(prompt)) if prompt[i] == prompt[j]
+        (i, j)
+        for i in range(len(prompt))
+        for j in range(i + 1, len(prompt))
+        if prompt[i] == prompt[j]
     )
     assert got == expected
 
 
 def test_both_bad_counts_as_a_human_tie() -> None:
     judgments = PairwiseJudgments(
-        left_face=[0, 0, 0, 0], right_face=[1, 1, 1, 1], annotator=[0, 1, 2, 3],
+        left_face=[0, 0, 0, 0],
+        right_face=[1, 1, 1, 1],
+        annotator=[0, 1, 2, 3],
         outcome=[PairOutcome.LEFT, PairOutcome.RIGHT, PairOutcome.TIE, PairOutcome.BOTH_BAD],
     )
     assert judgments.human_label().tolist() == [1, -1, 0, 0]
@@ -100,8 +107,12 @@ def test_pairwise_judgments_must_compare_two_different_faces() -> None:
 def test_report_pairwise_accuracies_equal_direct_computation() -> None:
     study = simulate_study(n_prompts=50, n_pairwise=800, seed=2)
     report = alignment_report(
-        faces=study.faces, likert=study.likert, pairwise=study.pairwise,
-        metrics=study.metrics, n_boot=10, seed=0,
+        faces=study.faces,
+        likert=study.likert,
+        pairwise=study.pairwise,
+        metrics=study.metrics,
+        n_boot=10,
+        seed=0,
     )
     values = report["headline"]["rows"][0]["values"]
     metric = study.metrics["tracks_quality"]

@@ -22,14 +22,18 @@ from benchmark.stats.simulate import simulate_study
 
 
 @pytest.mark.parametrize("level", ["ordinal", "interval", "nominal"])
-def test_krippendorff_alpha_equals_the_package_on_random_data_with_missing_values(level: str) -> None:
+def test_krippendorff_alpha_equals_the_package_on_random_data_with_missing_values(
+    level: str,
+) -> None:
     rng = np.random.default_rng(0)
     for _ in range(20):
         raters, units = int(rng.integers(2, 8)), int(rng.integers(5, 60))
         truth = rng.integers(1, 6, units)
         data = np.clip(truth[None, :] + rng.integers(-1, 2, (raters, units)), 1, 5).astype(float)
         data[rng.random(data.shape) < 0.3] = np.nan
-        if (np.isfinite(data).sum(axis=0) >= 2).sum() == 0 or len(np.unique(data[np.isfinite(data)])) < 2:
+        if (np.isfinite(data).sum(axis=0) >= 2).sum() == 0 or len(
+            np.unique(data[np.isfinite(data)])
+        ) < 2:
             continue
         rater, unit = np.nonzero(np.isfinite(data))
         ours = krippendorff_alpha(unit, data[rater, unit], level=level)
@@ -56,9 +60,15 @@ def test_leave_one_out_ceiling_equals_scipy_per_annotator() -> None:
             )
         keep = np.isfinite(rest[faces])
         own, other = likert.rating[mine][keep], rest[faces][keep]
-        assert ceiling.pearson[a] == pytest.approx(scipy.stats.pearsonr(own, other).statistic, abs=1e-12)
-        assert ceiling.spearman[a] == pytest.approx(scipy.stats.spearmanr(own, other).statistic, abs=1e-12)
-        assert ceiling.kendall[a] == pytest.approx(scipy.stats.kendalltau(own, other).statistic, abs=1e-12)
+        assert ceiling.pearson[a] == pytest.approx(
+            scipy.stats.pearsonr(own, other).statistic, abs=1e-12
+        )
+        assert ceiling.spearman[a] == pytest.approx(
+            scipy.stats.spearmanr(own, other).statistic, abs=1e-12
+        )
+        assert ceiling.kendall[a] == pytest.approx(
+            scipy.stats.kendalltau(own, other).statistic, abs=1e-12
+        )
 
 
 def test_split_half_reliability_is_spearman_brown_corrected() -> None:
@@ -71,7 +81,9 @@ def test_split_half_reliability_is_spearman_brown_corrected() -> None:
 
 def test_gold_accuracy_counts_answers_within_the_tolerance() -> None:
     likert = LikertJudgments(
-        face=[0, 1, 2, 0, 1], annotator=[0, 0, 0, 1, 1], rating=[3, 4, 5, 1, 4],
+        face=[0, 1, 2, 0, 1],
+        annotator=[0, 0, 0, 1, 1],
+        rating=[3, 4, 5, 1, 4],
         gold=[3, 5, np.nan, 3, np.nan],
     )
     exact = gold_accuracy(likert)
@@ -94,9 +106,21 @@ def test_self_consistency_compares_every_repeat_of_a_face_by_one_annotator() -> 
 
 def test_pairwise_self_consistency_normalises_swapped_sides() -> None:
     judgments = PairwiseJudgments(
-        left_face=[0, 1, 0, 2], right_face=[1, 0, 1, 3], annotator=[0, 0, 1, 1],
+        left_face=[0, 1, 0, 2],
+        right_face=[1, 0, 1, 3],
+        annotator=[0, 0, 1, 1],
         outcome=[PairOutcome.LEFT, PairOutcome.RIGHT, PairOutcome.TIE, PairOutcome.LEFT],
     )
     scores = pairwise_self_consistency(judgments)
     assert scores.value[0] == 1.0  # "0 better" shown both ways round
     assert scores.count.tolist() == [1, 0]
+
+
+def test_interval_alpha_of_continuous_ratings_equals_the_package() -> None:
+    rng = np.random.default_rng(5)
+    data = rng.normal(0, 1, (5, 40)) + rng.normal(0, 1, 40)
+    data[rng.random(data.shape) < 0.3] = np.nan
+    rater, unit = np.nonzero(np.isfinite(data))
+    assert krippendorff_alpha(unit, data[rater, unit], level="interval") == pytest.approx(
+        krippendorff.alpha(reliability_data=data, level_of_measurement="interval"), abs=1e-12
+    )
