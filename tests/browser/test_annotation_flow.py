@@ -296,3 +296,23 @@ def test_failing_the_gold_checks_pauses_the_screen_with_the_reason(live_server, 
     page.keyboard.press("3")  # nothing to answer any more
     assert Judgment.objects.count() == 1
     assert page.js_errors == []
+
+
+def test_an_expired_session_keeps_the_answers_until_the_annotator_logs_in_again(
+    live_server, page, browser_context, annotator
+):
+    campaign = make_photo_campaign("likert", annotator, prompts=2)
+    log_in(page, live_server.url, "ann1")
+    open_campaign(page, live_server.url, campaign.pk)
+
+    browser_context.clear_cookies()  # the session ends (expiry, logout in another tab)
+    item = answer_with_key(page, "3")
+    expect(save_status(page)).to_have_text("1 waiting to send (logged out)")
+    expect(page.locator("#banner")).to_contain_text("Your session has ended")
+    assert not Judgment.objects.exists()
+
+    log_in(browser_context.new_page(), live_server.url, "ann1")
+    page.reload()
+    expect(save_status(page)).to_have_text("All saved", timeout=SAVE_TIMEOUT_MS)
+    assert list(Judgment.objects.values_list("item_id", "rating")) == [(item, 3)]
+    assert page.js_errors == []
