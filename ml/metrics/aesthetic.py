@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ml.devices import autocast, resolve_device, resolve_dtype
-from ml.metrics.base import CheckpointMismatch, Metric, MetricInput, images_of
+from ml.metrics.base import CheckpointMismatch, Level, Metric, MetricInput, images_of
 from ml.metrics.checkpoints import load_strict, read_state_dict
 from ml.metrics.imagereward import RewardMLP
 from ml.metrics.openclip import load_clip
@@ -38,7 +38,7 @@ CLIP_CONFIG_FILE = "CLIP/ViT-L-14.open_clip_config.json"
 
 class AestheticMetric(Metric):
     name = "aesthetic"
-    level = "image"
+    level: Level = "image"
     batch_size = 32
 
     def __init__(

@@ -227,6 +227,8 @@ class BertEmbeddings(nn.Module):
             "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1))
         )
 
+    position_ids: torch.Tensor
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         positions = self.position_ids[:, : input_ids.shape[1]]
         embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -172,6 +172,25 @@ def crop_face(image: Image.Image, box: Sequence[float]) -> Image.Image:
     return image.convert("RGB").crop((left, top, right, bottom))
 
 
+def face_crops(
+    image: Image.Image, detections: Sequence[Any], *, min_confidence: float = 0.9
+) -> list[FaceCrop]:
+    """Face Score inputs for the detected faces of one image, cropped the official way.
+
+    `detections` are `ml.faces.Detection`-like (`.box`, `.confidence`). Official FaceScore keeps
+    RetinaFace detections with confidence ≥ 0.9; other detectors' scales differ, hence the knob.
+    """
+    crops = []
+    for detection in detections:
+        if detection.confidence < min_confidence:
+            continue
+        x0, y0, x1, y1 = (float(value) for value in detection.box)
+        crops.append(
+            FaceCrop(crop_face(image, (x0, y0, x1, y1)), (x0, y0, x1, y1), detection.confidence)
+        )
+    return crops
+
+
 Aggregate = Literal["mean", "min", "largest"]
 
 
@@ -287,7 +306,11 @@ class FaceScoreMetric(_BLIPRewardMetric):
         self, image: Image.Image, boxes: Sequence[Sequence[float]]
     ) -> torch.Tensor:
         """Scores of the faces at `boxes` in `image`, cropped the official way."""
-        return self.score([FaceCrop(crop_face(image, box), tuple(box)) for box in boxes])
+        crops = []
+        for box in boxes:
+            x0, y0, x1, y1 = (float(value) for value in box)
+            crops.append(FaceCrop(crop_face(image, box), (x0, y0, x1, y1)))
+        return self.score(crops)
 
 
 def create_image_reward(weights_dir: Path, device=None, dtype=None) -> ImageRewardMetric:

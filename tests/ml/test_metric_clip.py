@@ -210,3 +210,13 @@ def test_aesthetic_head_for_another_embedding_size_is_rejected(tmp_path: Path):
     torch.save(tiny_models.aesthetic_head_state_dict(0, 768), head_file)
     with pytest.raises(CheckpointMismatch, match="expects 768-d CLIP embeddings"):
         metrics.create("aesthetic", weights_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["hps_v2", "aesthetic"])
+def test_half_precision_autocast_runs_and_stays_close(weights_dir: Path, name: str):
+    exact = metrics.create(name, weights_dir=weights_dir)
+    half = metrics.create(name, weights_dir=weights_dir, dtype="bfloat16")
+    batch = list(zip(_photos(), PROMPTS, strict=True))
+    scores = half.score(batch)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, exact.score(batch), atol=0.05, rtol=0.05)

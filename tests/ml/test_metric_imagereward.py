@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from torchvision import transforms
 
 from ml import metrics
 from ml.metrics import CheckpointMismatch, FaceCrop
-from ml.metrics.blip import VisionConfig
+from ml.metrics.blip import TextConfig, VisionConfig
 from ml.metrics.imagereward import (
     IMAGE_REWARD_MEAN,
     IMAGE_REWARD_STD,
@@ -22,6 +24,7 @@ from ml.metrics.imagereward import (
     aggregate_faces,
     aggregate_images,
     crop_face,
+    face_crops,
     preprocess_image,
     tokenize,
 )
@@ -186,6 +189,55 @@ def test_default_vision_tower_is_blip_vit_large_16():
     )
 
 
+# med_config.json as THUDM/ImageReward ships it.
+OFFICIAL_MED_CONFIG = {
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 30524,
+    "encoder_width": 768,
+    "add_cross_attention": True,
+}
+
+
+def test_full_size_model_has_the_official_keys_and_shapes(tmp_path: Path):
+    med_config = tmp_path / "med_config.json"
+    med_config.write_text(json.dumps(OFFICIAL_MED_CONFIG))
+    text = TextConfig.from_med_config(med_config, encoder_width=VisionConfig().width)
+    with torch.device("meta"):  # shapes only: no 1.8 GB of memory
+        model = ImageRewardModel(VisionConfig(), text)
+
+    shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    assert shapes == tiny_models.imagereward_shapes(
+        vision_width=1024,
+        vision_layers=24,
+        patch_size=16,
+        image_size=224,
+        mlp_ratio=4.0,
+        text_hidden=768,
+        text_layers=12,
+        intermediate=3072,
+        vocab_size=30524,
+        max_positions=512,
+    )
+    assert shapes["blip.visual_encoder.pos_embed"] == (1, 197, 1024)
+    assert shapes["blip.text_encoder.encoder.layer.11.crossattention.self.key.weight"] == (
+        768,
+        1024,
+    )
+
+
 def test_encoder_width_comes_from_the_vision_tower_not_med_config(image_reward):
     # tiny med_config says encoder_width 768 (as the official one does); the vision width is 32.
     cross = image_reward.model.blip.text_encoder.encoder.layer[0].crossattention.self
@@ -320,6 +372,18 @@ def test_face_crop_is_clamped_to_the_image_and_made_rgb():
     assert crop.size == (41, 512)
 
 
+def test_detected_faces_are_cropped_and_filtered_by_confidence():
+    photo = _photos()[0]
+    detections = [
+        SimpleNamespace(box=(180.4, 20.7, 300.2, 170.9), confidence=0.95),
+        SimpleNamespace(box=(10.0, 10.0, 50.0, 50.0), confidence=0.5),
+    ]
+    (crop,) = face_crops(photo, detections, min_confidence=0.9)
+    assert crop.box == (180.4, 20.7, 300.2, 170.9) and crop.confidence == 0.95
+    assert np.array_equal(np.asarray(crop.image), np.asarray(crop_face(photo, crop.box)))
+    assert len(face_crops(photo, detections, min_confidence=0.0)) == 2
+
+
 def test_aggregates_of_faces_in_one_image():
     scores = [0.5, -1.0, 2.0]
     boxes = [(0, 0, 10, 10), (0, 0, 50, 50), (0, 0, 20, 20)]
@@ -338,6 +402,19 @@ def test_images_without_faces_get_no_score_and_are_counted():
 
 
 # --- never downloads -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["imagereward", "face_score"])
+def test_half_precision_autocast_runs_and_stays_close(weights_dir: Path, name: str):
+    # bf16 autocast is the GPU default; on the CPU it exercises the same dtype paths.
+    exact = metrics.create(name, weights_dir=weights_dir)
+    half = metrics.create(name, weights_dir=weights_dir, dtype="bfloat16")
+    batch = [(photo, prompt) for photo, prompt in zip(_photos(), PROMPTS, strict=True)]
+    if name == "face_score":
+        batch = [photo for photo, _ in batch]
+    scores = half.score(batch)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, exact.score(batch), atol=0.1, rtol=0.05)
 
 
 def test_loading_and_scoring_never_touch_the_network(
