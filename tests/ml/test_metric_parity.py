@@ -1,8 +1,9 @@
-"""Our ImageReward / Face Score against the upstream code, on the same tiny random weights.
+"""Our ImageReward / Face Score / HPS v2 against the upstream code, on the same tiny weights.
 
-The reference numbers come from `tests/parity/make_imagereward_reference.py`, which runs
-THUDM ImageReward's and OPPO FaceScore's own code (in a side venv with transformers 4.x) on the
+The reference numbers come from `tests/parity/make_*_reference.py`, which run THUDM ImageReward's,
+OPPO FaceScore's and tgxs002 HPSv2's own code (in a side venv with transformers 4.x) on the
 checkpoints `tests/ml/tiny_models.py` writes; upstream loaded them with `strict=True`.
+See tests/parity/README.md.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from ml import metrics
 from ml.metrics.imagereward import crop_face, tokenize
+from ml.metrics.preprocess import hps_letterbox
 from tests.ml import tiny_models
 from tests.parity import inputs
 
@@ -66,5 +68,31 @@ def test_face_score_matches_upstream_crops_and_scores(weights_dir: Path, referen
     crops = [crop_face(images[row["image"]], row["box"]) for row in rows]
     assert [list(crop.size) for crop in crops] == [row["crop_size"] for row in rows]
     scores = metric.score(crops)
+    expected = torch.tensor([row["score"] for row in rows])
+    assert (scores - expected).abs().max() < TOLERANCE, (scores, expected)
+
+
+HPS_REFERENCE = Path(__file__).resolve().parents[1] / "parity" / "hps_reference.json"
+
+
+def test_hps_v2_matches_upstream(tmp_path: Path):
+    """Against tgxs002/HPSv2's own open_clip fork, transform and tokenizer
+    (`tests/parity/make_hps_reference.py`)."""
+    reference = json.loads(HPS_REFERENCE.read_text())
+    checkpoint = tiny_models.write_tiny_hps(tmp_path, version="v2", seed=inputs.HPS_SEED)
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert inputs.state_dict_digest(state) == reference["weights_digest"], (
+        "tiny HPS weights differ from those of the reference; rerun make_hps_reference.py"
+    )
+    metric = metrics.create("hps_v2", weights_dir=tmp_path)
+    images = inputs.images()
+    rows = reference["hps_v2"]
+
+    assert metric.tokenizer([row["prompt"] for row in rows]).tolist() == [
+        row["tokens"] for row in rows
+    ]
+    pixel_sums = [float(hps_letterbox(images[row["image"]]).double().sum()) for row in rows]
+    assert pixel_sums == pytest.approx([row["pixels_sum"] for row in rows], abs=1e-2)
+    scores = metric.score([(images[row["image"]], row["prompt"]) for row in rows])
     expected = torch.tensor([row["score"] for row in rows])
     assert (scores - expected).abs().max() < TOLERANCE, (scores, expected)

@@ -14,6 +14,7 @@ from PIL import Image
 
 IMAGEREWARD_SEED = 0
 FACE_SCORE_SEED = 1
+HPS_SEED = 2
 
 PROMPTS = {
     "astronaut": "a photo of an astronaut, smiling",
