@@ -57,12 +57,9 @@ class Score(models.Model):
                 | (Q(generation__isnull=True) & Q(face__isnull=False)),
                 name="score_has_one_target",
             ),
-            models.UniqueConstraint(
-                fields=["metric_version", "generation"], condition=Q(face__isnull=True), name="score_unique_generation"
-            ),
-            models.UniqueConstraint(
-                fields=["metric_version", "face"], condition=Q(generation__isnull=True), name="score_unique_face"
-            ),
+            # Not partial: NULLs never collide, and upserts (ON CONFLICT) need plain unique indexes.
+            models.UniqueConstraint(fields=["metric_version", "generation"], name="score_unique_generation"),
+            models.UniqueConstraint(fields=["metric_version", "face"], name="score_unique_face"),
         ]
 
 
@@ -83,3 +80,36 @@ class Report(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class ScoringChunk(models.Model):
+    """One unit of a scoring job's work: one metric over a list of targets (faces or generations).
+
+    A chunk is done exactly when its scores are written, so a redelivered chunk is skipped and a
+    stalled job can be resumed by re-sending the chunks that are not done.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DONE = "done"
+        FAILED = "failed"
+
+    job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="scoring_chunks")
+    metric = models.CharField(max_length=100)
+    index = models.PositiveIntegerField()
+    target_ids = models.JSONField()
+    size = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    metric_version = models.ForeignKey(MetricVersion, null=True, blank=True, on_delete=models.SET_NULL)
+    error = models.TextField(blank=True, default="")
+    unscorable = models.PositiveIntegerField(default=0)  # inputs that got an error instead of a value
+    seconds = models.FloatField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, default="")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job_id", "metric", "index"]
+        constraints = [models.UniqueConstraint(fields=["job", "metric", "index"], name="scoring_chunk_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.metric} chunk {self.index} of job {self.job_id} ({self.status})"

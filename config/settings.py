@@ -164,7 +164,9 @@ if CELERY_BROKER_URL == "filesystem://":
     }
 else:
     # A late-acked task running longer than the visibility timeout would be delivered twice.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
+    # A message not acknowledged within this many seconds (a killed worker's task) is delivered
+    # again; keep it above the longest task, or a long task runs twice.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("FACEBENCH_VISIBILITY_TIMEOUT", str(6 * 3600))}
 # Job state lives in the database (jobs.Job); Celery results are not needed.
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

@@ -41,3 +41,23 @@ def make_dataset(
                     confidence=0.9,
                 )
     return dataset
+
+
+def import_photos(folder, *, name: str = "photos", copies: int = 1):
+    """A dataset of the wheel-shipped photos (and ``copies`` shifted framings of each), imported
+    through the real import service, faces not yet detected."""
+    from annotator.demo import PHOTOS, shifted_crop
+    from annotator.imports import import_generations
+    from tests.images import encode, jsonl, write_folder
+
+    files, rows = {}, []
+    for photo, (load, prompt) in PHOTOS.items():
+        for seed in range(copies):
+            file = f"{photo}-{seed}.png"
+            files[file] = encode(shifted_crop(load(), seed))
+            rows.append({"file": file, "prompt": prompt, "model": "photo", "seed": seed})
+    write_folder(folder, {**files, "manifest.jsonl": jsonl(rows)})
+    dataset = Dataset.objects.create(name=name)
+    report = import_generations(dataset=dataset, source=folder)
+    assert report.imported == len(files), report.problems
+    return dataset

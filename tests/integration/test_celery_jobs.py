@@ -9,10 +9,9 @@ import pytest
 from django.conf import settings
 
 from annotator.detection import start_detection_job
-from annotator.imports import import_generations
-from annotator.models import Dataset, Face
+from annotator.models import Face
 from jobs.models import Job
-from tests.images import encode, jsonl, write_folder
+from tests.factories import import_photos
 from tests.integration.worker import celery_worker, wait_until
 from tests.services import need_redis
 
@@ -21,15 +20,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 @pytest.fixture
 def photos_dataset(tmp_path):
-    from annotator.demo import astronaut, camera, grace_hopper
-
-    files = {"astronaut.png": encode(astronaut()), "camera.png": encode(camera()), "hopper.png": encode(grace_hopper())}
-    manifest = [{"file": name, "prompt": "a portrait", "model": "photo"} for name in files]
-    folder = write_folder(tmp_path / "upload", {**files, "manifest.jsonl": jsonl(manifest)})
-    dataset = Dataset.objects.create(name="photos")
-    report = import_generations(dataset=dataset, source=folder)
-    assert report.imported == 3
-    return dataset
+    return import_photos(tmp_path / "upload")
 
 
 def test_broker_is_the_one_this_run_was_configured_with():

@@ -1,0 +1,21 @@
+"""Celery tasks of the research side: thin wrappers that run a service for one id."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+
+@shared_task(
+    name="benchmark.score_chunk",
+    autoretry_for=(OperationalError, InterfaceError, ConnectionError),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=6,
+    soft_time_limit=3600,
+    time_limit=3900,
+)
+def score_chunk_task(chunk_id: int) -> None:
+    from benchmark.scoring import run_chunk
+
+    run_chunk(chunk_id)
