@@ -5,26 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.urls import reverse
 from rest_framework import serializers
 
 from annotator.models import Assignment, Campaign, Dataset, Face, Generation, Item, Judgment
 
 
 def generation_image_url(generation_id: int) -> str:
-    return f"/images/generations/{generation_id}.png"
+    return reverse("generation-image", args=[generation_id])
 
 
 def face_crop_url(face_id: int) -> str:
-    return f"/images/faces/{face_id}/crop.png"
+    return reverse("face-crop", args=[face_id])
 
 
-def _face_for_annotator(face: Face, position: str) -> dict[str, Any]:
+def _face_for_annotator(item: Item, face: Face, position: str) -> dict[str, Any]:
     generation = face.generation
+    # Item-scoped URLs: annotators never learn generation ids (which could line images up by DM).
     return {
-        "face_id": face.pk,
         "position": position,
-        "crop_url": face_crop_url(face.pk),
-        "image_url": generation_image_url(generation.pk),
+        "crop_url": f"/images/items/{item.pk}/{position}/crop.png",
+        "image_url": f"/images/items/{item.pk}/{position}/whole.png",
         "box": [face.x0, face.y0, face.x1, face.y1],
         "image_width": generation.width,
         "image_height": generation.height,
@@ -35,9 +36,12 @@ def item_for_annotator(assignment: Assignment) -> dict[str, Any]:
     """What the annotation screen needs to show one leased item, and nothing more."""
     item: Item = assignment.item
     if item.face_id:
-        faces = [_face_for_annotator(item.face, "single")]  # type: ignore[arg-type]
+        faces = [_face_for_annotator(item, item.face, "single")]  # type: ignore[arg-type]
     else:
-        faces = [_face_for_annotator(item.left_face, "left"), _face_for_annotator(item.right_face, "right")]  # type: ignore[arg-type]
+        faces = [
+            _face_for_annotator(item, item.left_face, "left"),  # type: ignore[arg-type]
+            _face_for_annotator(item, item.right_face, "right"),  # type: ignore[arg-type]
+        ]
     return {
         "item_id": item.pk,
         "assignment_id": assignment.pk,

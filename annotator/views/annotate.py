@@ -13,12 +13,13 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path, re_path, reverse
 
-from annotator.models import Campaign, Judgment, Membership
+from annotator.models import Assignment, Campaign, Item, Judgment, Membership
 from annotator.roles import is_annotator, is_researcher
+from annotator.views.imports import face_crop_response, generation_image_response
 
 
 def _get_membership_for_annotator(request: HttpRequest, pk: int) -> Membership:
@@ -97,6 +98,24 @@ def annotate(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "annotator/annotate.html", {**summary, "config": config})
 
 
+@login_required
+def item_image(request: HttpRequest, item_id: int, position: str, kind: str) -> HttpResponseBase:
+    """A face of an item (``crop``) or its whole image (``whole``), for the annotator who holds
+    that item and for researchers. Image ids never appear in what annotators are sent."""
+    if not is_researcher(request.user) and not Assignment.objects.filter(
+        item_id=item_id, annotator_id=request.user.pk
+    ).exists():
+        raise PermissionDenied("This item is not assigned to you.")
+    item = get_object_or_404(
+        Item.objects.select_related("face__generation", "left_face__generation", "right_face__generation"),
+        pk=item_id,
+    )
+    face = {"single": item.face, "left": item.left_face, "right": item.right_face}.get(position)
+    if face is None:
+        raise Http404("This item has no face at that position.")
+    return face_crop_response(face) if kind == "crop" else generation_image_response(face.generation)
+
+
 urlpatterns: list[URLPattern] = [
     path("", home, name="home"),
     path(
@@ -106,4 +125,9 @@ urlpatterns: list[URLPattern] = [
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("campaigns/<int:pk>/annotate/", annotate, name="annotate"),
+    re_path(
+        r"^images/items/(?P<item_id>[0-9]+)/(?P<position>single|left|right)/(?P<kind>crop|whole)\.png$",
+        item_image,
+        name="item-image",
+    ),
 ]

@@ -270,9 +270,7 @@ def _image_response(response: HttpResponseBase) -> HttpResponseBase:
     return response
 
 
-@login_required
-def generation_image(request: HttpRequest, pk: int) -> HttpResponseBase:
-    generation = get_object_or_404(Generation.objects.only("id", "image"), pk=pk)
+def generation_image_response(generation: Generation) -> HttpResponseBase:
     try:
         handle = generation.image.open("rb")
     except (FileNotFoundError, ValueError):
@@ -280,9 +278,7 @@ def generation_image(request: HttpRequest, pk: int) -> HttpResponseBase:
     return _image_response(FileResponse(handle, content_type="image/png"))
 
 
-@login_required
-def face_crop(request: HttpRequest, pk: int) -> HttpResponseBase:
-    face = get_object_or_404(Face.objects.select_related("generation"), pk=pk)
+def face_crop_response(face: Face) -> HttpResponseBase:
     try:
         with face.generation.image.open("rb") as fh:
             image = Image.open(fh)
@@ -295,6 +291,20 @@ def face_crop(request: HttpRequest, pk: int) -> HttpResponseBase:
     buffer = io.BytesIO()
     crop.save(buffer, "PNG")
     return _image_response(HttpResponse(buffer.getvalue(), content_type="image/png"))
+
+
+# Researchers reach any image by id; annotators reach images only through the items they hold
+# (annotator/views/annotate.py), so ids never let them browse a dataset or line images up by DM.
+@login_required
+def generation_image(request: HttpRequest, pk: int) -> HttpResponseBase:
+    _check_researcher(request)
+    return generation_image_response(get_object_or_404(Generation.objects.only("id", "image"), pk=pk))
+
+
+@login_required
+def face_crop(request: HttpRequest, pk: int) -> HttpResponseBase:
+    _check_researcher(request)
+    return face_crop_response(get_object_or_404(Face.objects.select_related("generation"), pk=pk))
 
 
 # --- API ---------------------------------------------------------------------------------------

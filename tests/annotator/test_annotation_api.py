@@ -25,7 +25,7 @@ def campaign(annotator, annotator2):
 
 def _client(user) -> APIClient:
     client = APIClient()
-    client.force_authenticate(user)
+    client.force_login(user)  # a session, as the browser has: reaches the image views too
     return client
 
 
@@ -40,7 +40,9 @@ def test_next_returns_items_without_model_names_or_gold_flags(annotator, campaig
     assert len(body["items"]) == 4 and body["paused"] is False
     item = body["items"][0]
     assert set(item) == {"item_id", "assignment_id", "display_index", "protocol", "expires_at", "faces"}
-    assert item["faces"][0]["crop_url"] == f"/images/faces/{item['faces'][0]['face_id']}/crop.png"
+    assert set(item["faces"][0]) == {"position", "crop_url", "image_url", "box", "image_width", "image_height"}
+    assert item["faces"][0]["crop_url"] == f"/images/items/{item['item_id']}/single/crop.png"
+    assert item["faces"][0]["image_url"] == f"/images/items/{item['item_id']}/single/whole.png"
     assert "secret-dm" not in json.dumps(body) and "gold" not in json.dumps(body)
 
 
@@ -145,3 +147,21 @@ def test_campaign_settings_that_shaped_the_items_cannot_change(researcher, campa
 def test_openapi_schema_is_served(researcher):
     response = _client(researcher).get("/api/schema/")
     assert response.status_code == 200 and b"/api/judgments/" in response.content
+
+
+def test_item_images_are_served_only_to_the_annotator_holding_the_item(annotator, annotator2, researcher, campaign, tmp_path):
+    from django.core.files.base import ContentFile
+
+    from annotator.models import Item
+    from tests.images import encode, flat_image
+
+    client = _client(annotator)
+    item = _next(client, campaign)["items"][0]
+    generation = Item.objects.get(pk=item["item_id"]).face.generation
+    generation.image.storage.save(generation.image.name, ContentFile(encode(flat_image(512, 512))))
+    url = item["faces"][0]["crop_url"]
+    assert client.get(url).status_code == 200
+    assert client.get(item["faces"][0]["image_url"]).status_code == 200
+    assert _client(annotator2).get(url).status_code == 403
+    assert _client(researcher).get(url).status_code == 200
+    assert client.get(url.replace("/single/", "/left/")).status_code == 404
