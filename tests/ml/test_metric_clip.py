@@ -194,7 +194,10 @@ def test_aesthetic_reads_openais_torchscript_clip_archive(tmp_path: Path, aesthe
     tiny_models.write_tiny_aesthetic(tmp_path, openai_torchscript=True)
     from_archive = metrics.create("aesthetic", weights_dir=tmp_path)
     photos = _photos()[:2]
-    torch.testing.assert_close(from_archive.score(photos), aesthetic.score(photos))
+    # Same seed; the archive holds the weights in fp16 as OpenAI's does, hence the tolerance.
+    torch.testing.assert_close(
+        from_archive.score(photos), aesthetic.score(photos), atol=2e-3, rtol=0
+    )
 
 
 @pytest.mark.parametrize("openai_torchscript", [False, True])

@@ -1,8 +1,8 @@
-"""Our ImageReward / Face Score / HPS v2 against the upstream code, on the same tiny weights.
+"""Our ImageReward / Face Score / HPS v2 / aesthetic against upstream code, on the same weights.
 
 The reference numbers come from `tests/parity/make_*_reference.py`, which run THUDM ImageReward's,
-OPPO FaceScore's and tgxs002 HPSv2's own code (in a side venv with transformers 4.x) on the
-checkpoints `tests/ml/tiny_models.py` writes; upstream loaded them with `strict=True`.
+OPPO FaceScore's, tgxs002 HPSv2's and OpenAI CLIP's own code (in a side venv with transformers
+4.x) on the tiny checkpoints `tests/ml/tiny_models.py` writes; upstream loaded them strictly.
 See tests/parity/README.md.
 """
 
@@ -94,5 +94,32 @@ def test_hps_v2_matches_upstream(tmp_path: Path):
     pixel_sums = [float(hps_letterbox(images[row["image"]]).double().sum()) for row in rows]
     assert pixel_sums == pytest.approx([row["pixels_sum"] for row in rows], abs=1e-2)
     scores = metric.score([(images[row["image"]], row["prompt"]) for row in rows])
+    expected = torch.tensor([row["score"] for row in rows])
+    assert (scores - expected).abs().max() < TOLERANCE, (scores, expected)
+
+
+AESTHETIC_REFERENCE = Path(__file__).resolve().parents[1] / "parity" / "aesthetic_reference.json"
+
+
+def test_aesthetic_matches_upstream_on_openais_clip_archive(tmp_path: Path):
+    """Against OpenAI's `clip.load` + `simple_inference.py`'s normalisation and MLP
+    (`tests/parity/make_aesthetic_reference.py`); checks QuickGELU and the TorchScript path."""
+    reference = json.loads(AESTHETIC_REFERENCE.read_text())
+    _, head_file = tiny_models.write_tiny_aesthetic(
+        tmp_path, seed=inputs.AESTHETIC_SEED, openai_torchscript=True
+    )
+    clip_state = tiny_models.tiny_open_clip_state_dict(
+        inputs.AESTHETIC_SEED, quick_gelu=True, config=tiny_models.TINY_OPENAI_CLIP
+    )
+    digests = {
+        "clip": inputs.state_dict_digest(clip_state),
+        "head": inputs.state_dict_digest(torch.load(head_file, weights_only=True)),
+    }
+    assert digests == reference["weights_digest"], "rerun make_aesthetic_reference.py"
+    metric = metrics.create("aesthetic", weights_dir=tmp_path)
+    images = inputs.images()
+    rows = reference["aesthetic"]
+
+    scores = metric.score([images[row["image"]] for row in rows])
     expected = torch.tensor([row["score"] for row in rows])
     assert (scores - expected).abs().max() < TOLERANCE, (scores, expected)

@@ -239,12 +239,23 @@ TINY_OPEN_CLIP = {
 }
 
 
-def tiny_open_clip_state_dict(seed: int, *, quick_gelu: bool) -> dict[str, torch.Tensor]:
+# For the OpenAI CLIP tower of the aesthetic predictor: OpenAI's `clip.model.build_model` infers
+# the head count as width // 64, so widths are multiples of 64 (one head each).
+TINY_OPENAI_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 64, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+
+
+def tiny_open_clip_state_dict(
+    seed: int, *, quick_gelu: bool, config: dict | None = None
+) -> dict[str, torch.Tensor]:
     """Stock open_clip key names by construction: the model is open_clip's own CLIP class."""
     import open_clip
 
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_OPEN_CLIP, quick_gelu=quick_gelu)
+    model = open_clip.CLIP(**(config or TINY_OPEN_CLIP), quick_gelu=quick_gelu)
     return {key: tensor.clone() for key, tensor in model.state_dict().items()}
 
 
@@ -310,11 +321,13 @@ def write_tiny_aesthetic(
     metadata entries) + its tiny config, and the aesthetic head."""
     clip_dir = weights_dir / "CLIP"
     clip_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": {**TINY_OPEN_CLIP, "quick_gelu": True}, "preprocess_cfg": {}}
+    config = {"model_cfg": {**TINY_OPENAI_CLIP, "quick_gelu": True}, "preprocess_cfg": {}}
     (clip_dir / "ViT-L-14.open_clip_config.json").write_text(json.dumps(config, indent=2))
     clip_file = clip_dir / "ViT-L-14.pt"
-    state = tiny_open_clip_state_dict(seed, quick_gelu=True)
+    state = tiny_open_clip_state_dict(seed, quick_gelu=True, config=TINY_OPENAI_CLIP)
     if openai_torchscript:
+        # OpenAI's archives hold fp16 weights (and `clip.load` rounds through fp16 again).
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         metadata = {"input_resolution": 224, "context_length": 77, "vocab_size": 49408}
         state.update({key: torch.tensor(value) for key, value in metadata.items()})
         write_torchscript_state_dict(clip_file, state)
@@ -322,5 +335,5 @@ def write_tiny_aesthetic(
         torch.save(state, clip_file)
     head_file = weights_dir / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"
     head_file.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(aesthetic_head_state_dict(seed, TINY_OPEN_CLIP["embed_dim"]), head_file)
+    torch.save(aesthetic_head_state_dict(seed, TINY_OPENAI_CLIP["embed_dim"]), head_file)
     return clip_file, head_file

@@ -15,6 +15,7 @@ from PIL import Image
 IMAGEREWARD_SEED = 0
 FACE_SCORE_SEED = 1
 HPS_SEED = 2
+AESTHETIC_SEED = 3
 
 PROMPTS = {
     "astronaut": "a photo of an astronaut, smiling",
