@@ -62,6 +62,10 @@ class Score(models.Model):
             models.UniqueConstraint(fields=["metric_version", "face"], name="score_unique_face"),
         ]
 
+    def __str__(self) -> str:
+        target = f"face {self.face_id}" if self.face_id else f"generation {self.generation_id}"
+        return f"{self.metric_version_id} on {target}: {self.value if self.value is not None else self.error}"
+
 
 class Report(models.Model):
     """A frozen alignment analysis: its inputs and settings, so it can be rebuilt identically."""

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from django.urls import path
+from benchmark.views import urlpatterns
 
-urlpatterns: list = []
+__all__ = ["urlpatterns"]
