@@ -1,8 +1,10 @@
 """Where model weights live and what they are: paths, presence, sha256.
 
-Nothing here downloads. `describe_all` backs `manage.py weights`: for every registered metric it
-lists each file the metric expects under the weights dir, whether it is there, its size and its
-sha256. Hashing a 2 GB checkpoint takes seconds, so digests are cached by (path, size, mtime) in
+Nothing here downloads. A file a metric expects (a path relative to the weights dir) is looked up
+in the weights dir first, then, for files published on the Hugging Face hub, in the standard
+Hugging Face cache (what `huggingface-cli download` fills), read only. `describe_all` backs
+`manage.py weights`: for every registered metric it lists each file the metric expects, whether
+and where it was found, its size and its sha256. Hashing a 2 GB checkpoint takes seconds, so digests are cached by (path, size, mtime) in
 memory and, best effort, in a small JSON file inside the weights dir shared by worker processes.
 """
 
@@ -36,6 +38,60 @@ def default_weights_dir() -> Path:
 
 def resolve_weights_dir(weights_dir: str | os.PathLike[str] | None) -> Path:
     return Path(weights_dir) if weights_dir is not None else default_weights_dir()
+
+
+# Hub repos and file names of the expected files, for the read-only Hugging Face cache lookup.
+HF_CACHE_SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "ImageReward/ImageReward.pt": (("THUDM/ImageReward", "ImageReward.pt"),),
+    "ImageReward/med_config.json": (("THUDM/ImageReward", "med_config.json"),),
+    "FaceScore/FS_model.pt": (("AIGCer-OPPO/FaceScore", "FS_model.pt"),),
+    "FaceScore/med_config.json": (("AIGCer-OPPO/FaceScore", "med_config.json"),),
+    "bert-base-uncased/vocab.txt": (
+        ("google-bert/bert-base-uncased", "vocab.txt"),
+        ("bert-base-uncased", "vocab.txt"),
+    ),
+    "HPSv2/HPS_v2_compressed.pt": (("xswu/HPSv2", "HPS_v2_compressed.pt"),),
+    "HPSv2/HPS_v2.1_compressed.pt": (("xswu/HPSv2", "HPS_v2.1_compressed.pt"),),
+}
+
+
+def hf_cache_dir() -> Path:
+    """The hub cache as huggingface_hub resolves it, read from the environment at call time."""
+    if env := os.getenv("HF_HUB_CACHE"):
+        return Path(env)
+    hf_home = os.getenv("HF_HOME") or os.path.join(
+        os.getenv("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(hf_home) / "hub"
+
+
+def locate(relative: str, weights_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where an expected file is: the weights dir, else the Hugging Face cache, else None."""
+    path = resolve_weights_dir(weights_dir) / relative
+    if path.is_file():
+        return path
+    sources = HF_CACHE_SOURCES.get(relative, ())
+    if not sources:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for repo_id, filename in sources:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=hf_cache_dir())
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def require(relative: str, weights_dir: str | os.PathLike[str] | None = None) -> Path:
+    path = locate(relative, weights_dir)
+    if path is None:
+        raise FileNotFoundError(
+            f"{relative} is neither in {resolve_weights_dir(weights_dir)} nor in the Hugging Face "
+            f"cache {hf_cache_dir()}"
+        )
+    return path
 
 
 def _cache_key(path: Path) -> tuple[str, int, int]:
@@ -102,6 +158,7 @@ class WeightFile:
     present: bool
     sha256: str | None
     size: int | None
+    path: str | None = None  # where it was found (weights dir or Hugging Face cache)
 
     def as_tuple(self) -> tuple[str, str, bool, str | None, int | None]:
         return (self.metric, self.file, self.present, self.sha256, self.size)
@@ -121,10 +178,11 @@ def describe_all(
     rows: list[WeightFile] = []
     for name in metrics.available():
         for relative in metrics.get_spec(name).required_files:
-            path = root / relative
-            if path.is_file():
+            path = locate(relative, root)
+            if path is not None:
                 digest = sha256_file(path, cache_dir=root) if with_sha256 else None
-                rows.append(WeightFile(name, relative, True, digest, path.stat().st_size))
+                size = path.stat().st_size
+                rows.append(WeightFile(name, relative, True, digest, size, str(path)))
             else:
                 rows.append(WeightFile(name, relative, False, None, None))
     return rows

@@ -24,7 +24,7 @@ from ml.metrics.base import (
     MetricInput,
     MetricUnavailable,
 )
-from ml.weights import resolve_weights_dir
+from ml.weights import locate, resolve_weights_dir
 
 __all__ = [
     "CheckpointMismatch",
@@ -75,8 +75,9 @@ def get_spec(name: str) -> MetricSpec:
 
 
 def missing_files(name: str, weights_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Expected files found neither in the weights dir nor in the Hugging Face cache."""
     root = resolve_weights_dir(weights_dir)
-    return [root / rel for rel in get_spec(name).required_files if not (root / rel).is_file()]
+    return [root / rel for rel in get_spec(name).required_files if locate(rel, root) is None]
 
 
 def create(

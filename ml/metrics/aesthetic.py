@@ -27,7 +27,7 @@ from ml.metrics.checkpoints import load_strict, read_state_dict
 from ml.metrics.imagereward import RewardMLP
 from ml.metrics.openclip import load_clip
 from ml.metrics.preprocess import clip_center_crop
-from ml.weights import sha256_file
+from ml.weights import require, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,15 @@ class AestheticMetric(Metric):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
         clip, config = load_clip(
-            "ViT-L-14", weights_dir / CLIP_CONFIG_FILE, weights_dir / CLIP_FILE, quick_gelu=True
+            "ViT-L-14",
+            weights_dir / CLIP_CONFIG_FILE,
+            require(CLIP_FILE, weights_dir),
+            quick_gelu=True,
         )
         self.image_size = int(config["vision_cfg"].get("image_size", 224))
         # Only the image tower is used; the text tower is loaded (strictness) and dropped.
         self.visual = clip.visual.to(self.device).requires_grad_(False)
-        head_file = weights_dir / HEAD_FILE
+        head_file = require(HEAD_FILE, weights_dir)
         with torch.device("meta"):
             self.head = RewardMLP(config["embed_dim"])
         head_state = read_state_dict(head_file)
@@ -68,7 +71,7 @@ class AestheticMetric(Metric):
         load_strict(self.head, head_state, source=head_file, assign=True)
         self.head = self.head.float().eval().to(self.device).requires_grad_(False)
         self.weights_sha256 = sha256_file(head_file, cache_dir=weights_dir)
-        self.clip_sha256 = sha256_file(weights_dir / CLIP_FILE, cache_dir=weights_dir)
+        self.clip_sha256 = sha256_file(require(CLIP_FILE, weights_dir), cache_dir=weights_dir)
 
     @property
     def version(self) -> str:

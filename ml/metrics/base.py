@@ -24,7 +24,8 @@ class MetricUnavailable(RuntimeError):
         listed = "\n".join(f"  - {path}" for path in self.missing)
         super().__init__(
             f"metric {metric!r} is unavailable: {len(self.missing)} file(s) missing under "
-            f"weights dir {weights_dir} (set FACEBENCH_WEIGHTS_DIR or pass weights_dir=):\n{listed}"
+            f"weights dir {weights_dir} (set FACEBENCH_WEIGHTS_DIR or pass weights_dir=; hub "
+            f"files are also looked up, never fetched, in the Hugging Face cache):\n{listed}"
         )
 
 

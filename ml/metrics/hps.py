@@ -24,7 +24,7 @@ from ml.devices import autocast, resolve_device, resolve_dtype
 from ml.metrics.base import Metric, MetricInput, split_prompted
 from ml.metrics.openclip import load_clip, tokenizer_for
 from ml.metrics.preprocess import hps_letterbox
-from ml.weights import sha256_file
+from ml.weights import require, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,10 @@ class HPSMetric(Metric):
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
-        checkpoint = weights_dir / self.checkpoint_file
+        checkpoint = require(self.checkpoint_file, weights_dir)
         model, config = load_clip(
             "ViT-H-14",
-            weights_dir / HPS_DIR / "open_clip_config.json",
+            checkpoint.parent / "open_clip_config.json",
             checkpoint,
             quick_gelu=False,
             subkey="state_dict",

@@ -39,7 +39,7 @@ from ml.metrics.base import (
 from ml.metrics.blip import BLIPEncoder, TextConfig, VisionConfig
 from ml.metrics.checkpoints import load_strict, read_state_dict
 from ml.metrics.preprocess import clip_center_crop
-from ml.weights import sha256_file
+from ml.weights import require, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -242,19 +242,20 @@ class _BLIPRewardMetric(Metric):
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
-        checkpoint = weights_dir / self.checkpoint_file
+        checkpoint = require(self.checkpoint_file, weights_dir)
         vision_config = checkpoint.parent / VISION_CONFIG_FILENAME
         self.model = ImageRewardModel.from_files(
             checkpoint,
-            weights_dir / self.med_config_file,
+            require(self.med_config_file, weights_dir),
             vision_config if vision_config.is_file() else None,
         ).to(self.device)
         self.model.requires_grad_(False)
-        self.tokenizer = load_tokenizer(weights_dir / TOKENIZER_DIR)
+        tokenizer_dir = require(f"{TOKENIZER_DIR}/vocab.txt", weights_dir).parent
+        self.tokenizer = load_tokenizer(tokenizer_dir)
         vocab_size = self.model.blip.text_encoder.config.vocab_size
         if len(self.tokenizer) > vocab_size:
             raise CheckpointMismatch(
-                f"tokenizer in {weights_dir / TOKENIZER_DIR} has {len(self.tokenizer)} tokens "
+                f"tokenizer in {tokenizer_dir} has {len(self.tokenizer)} tokens "
                 f"with [DEC]/[ENC], more than the model's vocab_size {vocab_size}"
             )
         self.weights_sha256 = sha256_file(checkpoint, cache_dir=weights_dir)

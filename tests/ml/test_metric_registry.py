@@ -12,6 +12,25 @@ from ml.metrics import MetricUnavailable
 from tests.ml import tiny_models
 
 
+@pytest.fixture(autouse=True)
+def _empty_hf_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    # A developer's real Hugging Face cache must not make "missing" files appear.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf-cache")))
+
+
+def _put_in_hf_cache(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """The layout huggingface_hub writes: refs/main names the snapshot holding the files."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for name, payload in files.items():
+        (snapshot / name).write_bytes(payload)
+    return snapshot
+
+
 def test_unknown_metric_names_the_known_ones():
     with pytest.raises(KeyError, match="known metrics: .*imagereward.*face_score"):
         metrics.create("image_reward_v9")
@@ -89,3 +108,53 @@ def test_digests_are_cached_by_path_size_and_mtime(tmp_path: Path, monkeypatch: 
     path.write_bytes(b"y" * 1001)  # new size (and mtime): hashed again
     assert weights.sha256_file(path, cache_dir=tmp_path) == real_sha256(b"y" * 1001).hexdigest()
     assert calls == [1]
+
+
+def test_hub_files_are_found_in_the_hugging_face_cache_without_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    staged = tmp_path / "staged"
+    tiny_models.write_tiny_imagereward(staged)
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    snapshot = _put_in_hf_cache(
+        cache,
+        "THUDM/ImageReward",
+        {
+            name: (staged / "ImageReward" / name).read_bytes()
+            for name in ("ImageReward.pt", "med_config.json", "vision_config.json")
+        },
+    )
+    _put_in_hf_cache(
+        cache,
+        "google-bert/bert-base-uncased",
+        {"vocab.txt": (staged / "bert-base-uncased" / "vocab.txt").read_bytes()},
+    )
+    empty_weights_dir = tmp_path / "weights"
+    empty_weights_dir.mkdir()
+
+    assert weights.locate("ImageReward/ImageReward.pt", empty_weights_dir) == (
+        snapshot / "ImageReward.pt"
+    )
+    metric = metrics.create("imagereward", weights_dir=empty_weights_dir)
+    assert (
+        metric.weights_sha256
+        == hashlib.sha256((snapshot / "ImageReward.pt").read_bytes()).hexdigest()
+    )
+    rows = {
+        row.file: row
+        for row in weights.describe_all(empty_weights_dir)
+        if row.metric == "imagereward"
+    }
+    assert rows["ImageReward/ImageReward.pt"].path == str(snapshot / "ImageReward.pt")
+    assert all(row.present for row in rows.values())
+
+
+def test_the_weights_dir_wins_over_the_hugging_face_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    _put_in_hf_cache(cache, "THUDM/ImageReward", {"ImageReward.pt": b"not this one"})
+    checkpoint = tiny_models.write_tiny_imagereward(tmp_path / "weights")
+    assert weights.locate("ImageReward/ImageReward.pt", tmp_path / "weights") == checkpoint
