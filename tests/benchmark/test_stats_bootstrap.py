@@ -129,3 +129,27 @@ def test_intervals_cover_the_true_value_at_about_the_nominal_rate() -> None:
             hits[name] += values[name]["low"] <= true_value <= values[name]["high"]
     for name, count in hits.items():
         assert 0.90 <= count / n_studies <= 0.99, (name, count / n_studies)
+
+
+def test_kendall_interval_from_a_sampled_pair_design_matches_the_exhaustive_one() -> None:
+    study = simulate_study(n_prompts=150, n_dms=4, n_annotators=30, seed=3)
+
+    def kendall(max_pairs: int) -> tuple[dict, dict]:
+        report = alignment_report(
+            faces=study.faces,
+            likert=study.likert,
+            metrics=study.metrics,
+            n_boot=300,
+            seed=0,
+            kendall_max_pairs=max_pairs,
+        )
+        return (
+            report["headline"]["rows"][0]["values"]["face_kendall"],
+            report["differences"]["face_kendall"][0],
+        )
+
+    exact, exact_difference = kendall(10**7)  # all ~400,000 pairs
+    sampled, sampled_difference = kendall(20_000)
+    assert sampled["point"] == pytest.approx(exact["point"], abs=1e-12)  # scipy, exact
+    for a, b in ((exact, sampled), (exact_difference, sampled_difference)):
+        assert b["high"] - b["low"] == pytest.approx(a["high"] - a["low"], rel=0.15)
