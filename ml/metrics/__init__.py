@@ -162,6 +162,22 @@ for _spec in (
         "LAION improved aesthetic predictor on a face crop",
     ),
     MetricSpec(
+        "magface",
+        "ml.metrics.fqa:create_magface",
+        "face",
+        True,
+        ("MagFace/magface_epoch_00025.pth",),
+        "MagFace iResNet-100: feature magnitude of the ArcFace-aligned 112 px face",
+    ),
+    MetricSpec(
+        "cr_fiqa",
+        "ml.metrics.fqa:create_cr_fiqa",
+        "face",
+        True,
+        ("CR-FIQA/181952backbone.pth",),
+        "CR-FIQA(L) iResNet-100: quality head output on the ArcFace-aligned 112 px face",
+    ),
+    MetricSpec(
         "face_size",
         "ml.metrics.baselines:create_face_size",
         "face",

@@ -337,3 +337,109 @@ def write_tiny_aesthetic(
     head_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(aesthetic_head_state_dict(seed, TINY_OPENAI_CLIP["embed_dim"]), head_file)
     return clip_file, head_file
+
+
+# --- iResNet face-quality models (MagFace, CR-FIQA) -------------------------------------------
+
+# Upstream iResNets hard-code the stage widths (64..512); depth is what makes iResNet-100 big.
+TINY_IRESNET = {"layers": [1, 1, 1, 1], "widths": [64, 128, 256, 512], "num_features": 32}
+
+
+def iresnet_shapes(
+    layers: list[int], widths: list[int], num_features: int, *, quality_head: bool
+) -> dict[str, tuple[int, ...]]:
+    """Every key of upstream's `IResNet` state dict (insightface naming) with its shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def batch_norm(prefix: str, channels: int) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{name}"] = (channels,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    shapes["conv1.weight"] = (widths[0], 3, 3, 3)
+    batch_norm("bn1", widths[0])
+    shapes["prelu.weight"] = (widths[0],)
+    inplanes = widths[0]
+    for stage, (depth, planes) in enumerate(zip(layers, widths, strict=True), start=1):
+        for index in range(depth):
+            block = f"layer{stage}.{index}"
+            block_in = inplanes if index == 0 else planes
+            batch_norm(f"{block}.bn1", block_in)
+            shapes[f"{block}.conv1.weight"] = (planes, block_in, 3, 3)
+            batch_norm(f"{block}.bn2", planes)
+            shapes[f"{block}.prelu.weight"] = (planes,)
+            shapes[f"{block}.conv2.weight"] = (planes, planes, 3, 3)
+            batch_norm(f"{block}.bn3", planes)
+            if index == 0:
+                shapes[f"{block}.downsample.0.weight"] = (planes, block_in, 1, 1)
+                batch_norm(f"{block}.downsample.1", planes)
+        inplanes = planes
+    batch_norm("bn2", inplanes)
+    shapes["fc.weight"] = (num_features, inplanes * 7 * 7)
+    shapes["fc.bias"] = (num_features,)
+    batch_norm("features", num_features)
+    if quality_head:
+        shapes["qs.weight"] = (1, num_features)
+        shapes["qs.bias"] = (1,)
+    return shapes
+
+
+def random_iresnet_state_dict(
+    shapes: dict[str, tuple[int, ...]], seed: int
+) -> dict[str, torch.Tensor]:
+    """Unit-gain convolutions and plausible BatchNorm statistics (positive variances)."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(1000, dtype=torch.long)
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(shape, generator=generator)
+        elif key.endswith("running_mean") or key.endswith("bias"):
+            state[key] = 0.1 * torch.randn(shape, generator=generator)
+        elif key.endswith("prelu.weight"):
+            state[key] = torch.full(shape, 0.25)
+        elif len(shape) == 1:  # BatchNorm weights
+            state[key] = 1.0 + 0.1 * torch.randn(shape, generator=generator)
+        else:
+            fan_in = math.prod(shape[1:])
+            state[key] = torch.randn(shape, generator=generator) / math.sqrt(fan_in)
+    return state
+
+
+def tiny_iresnet_state_dict(seed: int, *, quality_head: bool) -> dict[str, torch.Tensor]:
+    shapes = iresnet_shapes(
+        TINY_IRESNET["layers"],
+        TINY_IRESNET["widths"],
+        TINY_IRESNET["num_features"],
+        quality_head=quality_head,
+    )
+    return random_iresnet_state_dict(shapes, seed)
+
+
+def write_tiny_magface(
+    weights_dir: Path, *, seed: int = 5, prefix: str = "features.module."
+) -> Path:
+    """`magface_epoch_00025.pth` layout: `{"state_dict": backbone under features.module. +
+    the MagLinear classifier under fc.}` (plus training bookkeeping)."""
+    folder = weights_dir / "MagFace"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "iresnet_config.json").write_text(json.dumps(TINY_IRESNET))
+    backbone = tiny_iresnet_state_dict(seed, quality_head=False)
+    state = {prefix + key: value for key, value in backbone.items()}
+    generator = torch.Generator().manual_seed(seed)
+    # 10 "identities" of the MagLinear classifier
+    state["fc.weight"] = torch.randn(10, TINY_IRESNET["num_features"], generator=generator)
+    checkpoint = folder / "magface_epoch_00025.pth"
+    torch.save({"epoch": 25, "arch": "iresnet100", "state_dict": state}, checkpoint)
+    return checkpoint
+
+
+def write_tiny_cr_fiqa(weights_dir: Path, *, seed: int = 6) -> Path:
+    """`181952backbone.pth` layout: the backbone state dict with the `qs` quality head."""
+    folder = weights_dir / "CR-FIQA"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "iresnet_config.json").write_text(json.dumps(TINY_IRESNET))
+    checkpoint = folder / "181952backbone.pth"
+    torch.save(tiny_iresnet_state_dict(seed, quality_head=True), checkpoint)
+    return checkpoint

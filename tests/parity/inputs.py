@@ -16,6 +16,8 @@ IMAGEREWARD_SEED = 0
 FACE_SCORE_SEED = 1
 HPS_SEED = 2
 AESTHETIC_SEED = 3
+MAGFACE_SEED = 5
+CR_FIQA_SEED = 6
 
 PROMPTS = {
     "astronaut": "a photo of an astronaut, smiling",
@@ -29,6 +31,14 @@ PROMPTS = {
 FACE_BOXES = {
     "astronaut": [(180.4, 20.7, 300.2, 170.9), (0.6, 0.2, 90.5, 120.8)],
     "camera": [(200.3, 50.2, 290.9, 160.1)],
+}
+
+
+# 112×112 crops (left, top, right, bottom), the size of aligned FQA inputs.
+FQA_CROPS = {
+    "astronaut": (185, 40, 297, 152),
+    "camera": (190, 40, 302, 152),
+    "noise": (0, 0, 112, 112),
 }
 
 
