@@ -28,6 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from PIL import Image
 from torch import nn
 
 from ml.devices import autocast, resolve_device, resolve_dtype
-from ml.metrics.base import CheckpointMismatch, Metric, MetricInput, face_crops_of
+from ml.metrics.base import CheckpointMismatch, FaceCrop, Metric, MetricInput, face_crops_of
 from ml.metrics.checkpoints import load_strict, read_state_dict
 from ml.weights import require, sha256_file
 
@@ -76,6 +77,23 @@ def align_face(image: Image.Image, landmarks: Sequence[Sequence[float]]) -> Imag
     pixels = np.asarray(image.convert("RGB"))
     aligned = cv2.warpAffine(pixels, transform.params[:2], (FACE_SIZE, FACE_SIZE), borderValue=0.0)
     return Image.fromarray(aligned)
+
+
+def aligned_face_crops(image: Image.Image, detections: Sequence[Any]) -> list[FaceCrop]:
+    """FQA inputs for detected faces (`ml.faces.Detection`-like: `.box`, `.confidence`,
+    `.landmarks`): aligned with the 5 landmarks when the detector gave them; otherwise the box
+    crop, which the metrics resize to 112×112 — unaligned, so less faithful (logged)."""
+    crops = []
+    for detection in detections:
+        x0, y0, x1, y1 = (float(value) for value in detection.box)
+        landmarks = getattr(detection, "landmarks", None)
+        if landmarks is not None:
+            face = align_face(image, landmarks)
+        else:
+            logger.debug("no landmarks for face %s: FQA sees an unaligned crop", detection.box)
+            face = image.convert("RGB").crop((round(x0), round(y0), round(x1), round(y1)))
+        crops.append(FaceCrop(face, (x0, y0, x1, y1), detection.confidence))
+    return crops
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from skimage import data as skdata
 
 from ml import metrics
 from ml.metrics import CheckpointMismatch
-from ml.metrics.fqa import ARCFACE_TEMPLATE, align_face
+from ml.metrics.fqa import ARCFACE_TEMPLATE, align_face, aligned_face_crops
 from tests.ml import tiny_models
 from tests.parity import inputs
 
@@ -128,3 +129,16 @@ def test_align_face_undoes_a_translation():
     assert aligned.size == (112, 112)
     expected = np.asarray(photo.crop((185, 40, 297, 152))).astype(int)
     assert np.abs(np.asarray(aligned).astype(int) - expected).max() <= 1
+
+
+def test_detections_are_aligned_when_they_have_landmarks_and_box_cropped_otherwise():
+    photo = Image.fromarray(skdata.astronaut())
+    landmarks = [tuple(point) for point in ARCFACE_TEMPLATE + np.array([185.0, 40.0])]
+    with_landmarks = SimpleNamespace(
+        box=(190.0, 45.0, 290.0, 150.0), confidence=0.9, landmarks=landmarks
+    )
+    without = SimpleNamespace(box=(10.2, 20.0, 60.0, 90.0), confidence=0.4, landmarks=None)
+
+    aligned, boxed = aligned_face_crops(photo, [with_landmarks, without])
+    assert aligned.image.size == (112, 112) and aligned.confidence == 0.9
+    assert boxed.image.size == (50, 70) and boxed.box == (10.2, 20.0, 60.0, 90.0)
