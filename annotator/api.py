@@ -272,9 +272,10 @@ class FaceViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 router = DefaultRouter()
-router.register("campaigns", CampaignViewSet, basename="campaign")
-router.register("judgments", JudgmentViewSet, basename="judgment")
-router.register("generations", GenerationViewSet, basename="generation")
-router.register("faces", FaceViewSet, basename="face")
+# "api-" basenames keep these names apart from the pages' (campaign-detail is a page).
+router.register("campaigns", CampaignViewSet, basename="api-campaign")
+router.register("judgments", JudgmentViewSet, basename="api-judgment")
+router.register("generations", GenerationViewSet, basename="api-generation")
+router.register("faces", FaceViewSet, basename="api-face")
 
 urlpatterns: list[URLPattern] = [path("api/", include(router.urls))]  # type: ignore[list-item]

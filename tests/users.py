@@ -11,7 +11,8 @@ PASSWORD = "correct-horse-battery"
 
 
 def make_user(username: str, role: str | None) -> User:
-    user = User.objects.create_user(username=username, password=PASSWORD, is_staff=(role == "admin"))
+    admin = role == "admin"
+    user = User.objects.create_user(username=username, password=PASSWORD, is_staff=admin, is_superuser=admin)
     if role in ("annotator", "researcher"):
         user.groups.add(Group.objects.get_or_create(name=role)[0])
     return user
