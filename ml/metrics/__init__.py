@@ -13,8 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ml.metrics.base import (
     CheckpointMismatch,
@@ -25,6 +24,9 @@ from ml.metrics.base import (
     MetricUnavailable,
 )
 from ml.weights import locate, resolve_weights_dir
+
+if TYPE_CHECKING:  # torch is imported by the metrics themselves: listing stays cheap
+    import torch
 
 __all__ = [
     "CheckpointMismatch",

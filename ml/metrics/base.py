@@ -6,10 +6,12 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 Level = Literal["image", "face"]
 

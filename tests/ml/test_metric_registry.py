@@ -158,3 +158,18 @@ def test_the_weights_dir_wins_over_the_hugging_face_cache(
     _put_in_hf_cache(cache, "THUDM/ImageReward", {"ImageReward.pt": b"not this one"})
     checkpoint = tiny_models.write_tiny_imagereward(tmp_path / "weights")
     assert weights.locate("ImageReward/ImageReward.pt", tmp_path / "weights") == checkpoint
+
+
+def test_listing_metrics_and_their_files_does_not_import_torch():
+    # `manage.py weights` and the web process list metrics; only workers should pay for torch.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ml.metrics, ml.weights; ml.weights.describe_all('/nonexistent'); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
