@@ -16,8 +16,8 @@ import logging
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -151,27 +151,20 @@ def sha256_file(path: str | os.PathLike[str], *, cache_dir: Path | None = None) 
     return hexdigest
 
 
-@dataclass(frozen=True)
-class WeightFile:
+class WeightFile(NamedTuple):
+    """`(metric, file, present, sha256 or None, size)`; `locate(file)` says where it is."""
+
     metric: str
     file: str  # relative to the weights dir
     present: bool
     sha256: str | None
     size: int | None
-    path: str | None = None  # where it was found (weights dir or Hugging Face cache)
-
-    def as_tuple(self) -> tuple[str, str, bool, str | None, int | None]:
-        return (self.metric, self.file, self.present, self.sha256, self.size)
 
 
 def describe_all(
     weights_dir: str | os.PathLike[str] | None = None, *, with_sha256: bool = True
 ) -> list[WeightFile]:
-    """One row per (metric, expected file), in registry order; absent files have no digest/size.
-
-    Rows are `WeightFile` dataclasses; `row.as_tuple()` gives
-    `(metric, file, present, sha256 or None, size)`.
-    """
+    """One row per (metric, expected file), in registry order; absent files have no digest/size."""
     from ml import metrics  # the registry imports this module; import lazily to avoid a cycle
 
     root = resolve_weights_dir(weights_dir)
@@ -182,7 +175,7 @@ def describe_all(
             if path is not None:
                 digest = sha256_file(path, cache_dir=root) if with_sha256 else None
                 size = path.stat().st_size
-                rows.append(WeightFile(name, relative, True, digest, size, str(path)))
+                rows.append(WeightFile(name, relative, True, digest, size))
             else:
                 rows.append(WeightFile(name, relative, False, None, None))
     return rows

@@ -85,7 +85,7 @@ def test_describe_all_lists_every_expected_file_with_presence_and_digest(tmp_pat
     assert present.sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert present.size == checkpoint.stat().st_size
     absent = rows[("face_score", "FaceScore/FS_model.pt")]
-    assert absent.as_tuple() == ("face_score", "FaceScore/FS_model.pt", False, None, None)
+    assert absent == ("face_score", "FaceScore/FS_model.pt", False, None, None)
     expected = {
         (name, rel) for name in metrics.available() for rel in metrics.get_spec(name).required_files
     }
@@ -146,7 +146,6 @@ def test_hub_files_are_found_in_the_hugging_face_cache_without_downloading(
         for row in weights.describe_all(empty_weights_dir)
         if row.metric == "imagereward"
     }
-    assert rows["ImageReward/ImageReward.pt"].path == str(snapshot / "ImageReward.pt")
     assert all(row.present for row in rows.values())
 
 
