@@ -30,8 +30,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torch.dtype:
-    """The compute dtype: an explicit choice wins, otherwise bf16/fp16 on CUDA and fp32 on CPU."""
+def resolve_dtype(
+    device: torch.device,
+    dtype: str | torch.dtype | None,
+    *,
+    cuda_default: torch.dtype = torch.bfloat16,
+) -> torch.dtype:
+    """The compute dtype: an explicit choice wins; otherwise fp32 on the CPU and `cuda_default`
+    on CUDA (metrics whose upstream inference ran in fp16 ask for fp16), with bf16 falling back
+    to fp16 on GPUs without bf16."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is not None:
@@ -42,7 +49,9 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torc
                 f"unknown dtype {dtype!r}; use one of {sorted(_DTYPE_NAMES)}"
             ) from None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if cuda_default == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return cuda_default
     return torch.float32
 
 

@@ -48,7 +48,8 @@ class AestheticMetric(Metric):
         dtype: str | torch.dtype | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, dtype)
+        # upstream runs OpenAI's CLIP as loaded on CUDA: fp16
+        self.dtype = resolve_dtype(self.device, dtype, cuda_default=torch.float16)
         clip, config = load_clip(
             "ViT-L-14",
             weights_dir / CLIP_CONFIG_FILE,

@@ -44,7 +44,8 @@ class HPSMetric(Metric):
         dtype: str | torch.dtype | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, dtype)
+        # upstream img_score runs under torch.cuda.amp.autocast (fp16)
+        self.dtype = resolve_dtype(self.device, dtype, cuda_default=torch.float16)
         checkpoint = require(self.checkpoint_file, weights_dir)
         model, config = load_clip(
             "ViT-H-14",

@@ -172,3 +172,17 @@ def test_listing_metrics_and_their_files_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_dtype_policy_is_fp32_on_cpu_and_half_on_cuda():
+    import torch
+
+    from ml.devices import resolve_dtype
+
+    cpu = torch.device("cpu")
+    assert resolve_dtype(cpu, None) == torch.float32
+    assert resolve_dtype(cpu, None, cuda_default=torch.float16) == torch.float32
+    assert resolve_dtype(cpu, "bf16") == torch.bfloat16
+    assert resolve_dtype(torch.device("cuda"), None, cuda_default=torch.float16) == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype(cpu, "float8")
