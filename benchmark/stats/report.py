@@ -21,14 +21,14 @@ draws every prompt and every annotator once):
    each metric's mean per DM (Spearman and Kendall across DMs).
 7. Human ceiling (leave-one-out per annotator; CI by resampling annotators), split-half,
    Krippendorff's α, gold accuracy and self-consistency.
-Blocks run on a small thread pool: numpy releases the GIL in sorts, takes and BLAS.
+Blocks run in this process, or with ``workers`` > 1 in forked worker processes.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,16 @@ def _put(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return out
 
 
+def _argsort_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row argsort and sorted values of a NaN-free float64 matrix.
+
+    (Packing a float32 key with the index into one uint64 sorts faster, but weighted means
+    collide in float32 so often that the exact re-sort it needs made it 3× slower overall.)
+    """
+    order = np.argsort(values, axis=1)
+    return order, _take(values, order)
+
+
 def _row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, y)
 
@@ -110,6 +120,7 @@ class _Level:
     metric_sorted: np.ndarray  # (M, N)
     metric_filled: np.ndarray  # (M, N), 0 where missing (those units get weight 0)
     metric_has_ties: np.ndarray  # (M,) bool
+    prompt_sorted: np.ndarray  # (M, N) prompt of each unit in each metric's order
     finite_t: np.ndarray  # (N, M) float: 1 where the metric has a value
     centred_t: np.ndarray  # (N, M) metric minus its mean, 0 where missing
     mask_group: np.ndarray  # (M,) metrics with identical missing patterns share human ranks
@@ -164,6 +175,7 @@ class _Level:
             metric_sorted,
             np.where(finite, metric, 0.0),
             has_ties,
+            prompt[order],
             finite.T.astype(np.float64),
             centred.T.copy(),
             mask_group.ravel(),
@@ -322,7 +334,8 @@ def _human_face_means(plan: _Plan, counts: ResampleCounts) -> np.ndarray:
     """h[b, f] = Σ_a w_ba s_af / Σ_a w_ba n_af, NaN where no drawn annotator rated f."""
     weights = counts.annotator
     sums, cnts = plan.likert_sums, plan.likert_counts
-    if isinstance(sums, np.ndarray):
+    assert sums is not None and cnts is not None
+    if isinstance(sums, np.ndarray) and isinstance(cnts, np.ndarray):
         exact = (
             plan.likert_exact_float32
             and weights.max() * plan.likert_face_count_max * max(plan.likert_rating_bound, 1.0)
@@ -339,7 +352,13 @@ def _human_face_means(plan: _Plan, counts: ResampleCounts) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _correlations(level: _Level, human: np.ndarray, weight: np.ndarray, out: Results) -> None:
+def _correlations(
+    level: _Level,
+    human: np.ndarray,
+    weight: np.ndarray,
+    prompt_counts: np.ndarray,
+    out: Results,
+) -> None:
     """Spearman, Kendall (pair design) and Pearson of every metric against ``human``, per row.
 
     Pearson for all metrics at once from six (rows, N) @ (N, M) products of weighted moments;
@@ -354,6 +373,7 @@ def _correlations(level: _Level, human: np.ndarray, weight: np.ndarray, out: Res
     rows = human.shape[0]
     n_metrics = level.metric.shape[0]
     valid = np.isfinite(human)
+    all_valid = bool(valid.all())
     base = np.where(valid, weight, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         row_mean = np.where(valid, human, 0.0).sum(axis=1) / valid.sum(axis=1)
@@ -373,9 +393,7 @@ def _correlations(level: _Level, human: np.ndarray, weight: np.ndarray, out: Res
     r[~((var_x > 0) & (var_y > 0) & (s_w > 1))] = np.nan
     out[(level.name, "pearson")] = np.clip(r, -1.0, 1.0).T
 
-    sort_keys = np.where(valid, human, np.inf)
-    order_h = np.argsort(sort_keys, axis=1)
-    human_sorted = _take(sort_keys, order_h)
+    order_h, human_sorted = _argsort_rows(np.where(valid, human, np.inf))
     ranks_h: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     rho = np.full((n_metrics, rows), np.nan)
     for m in range(n_metrics):
@@ -385,7 +403,12 @@ def _correlations(level: _Level, human: np.ndarray, weight: np.ndarray, out: Res
             rank = _put(ranks_in_sorted_order(human_sorted, _take(w, order_h)), order_h)
             ranks_h[group] = (rank, _row_dot(w * rank, rank))
         rank_h, s_hh = ranks_h[group]
-        w_sorted = _take(w, level.order[m])
+        if all_valid and level.finite[m].all():
+            # Weights are the prompt counts: gather them from the short (rows, P) table,
+            # which stays in L1, instead of from the (rows, N) one.
+            w_sorted = _take(prompt_counts, level.prompt_sorted[m])
+        else:
+            w_sorted = _take(w, level.order[m])
         if level.metric_has_ties[m]:
             rank_m = ranks_in_sorted_order(level.metric_sorted[m][None, :], w_sorted)
         else:
@@ -535,6 +558,17 @@ def _metric_dm_means(plan: _Plan, face_prompt_counts: np.ndarray) -> np.ndarray:
     return out
 
 
+def _image_means(plan: _Plan, human: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image human value: the mean of its rated faces' means (each face counts once), and the
+    number of rated faces per image."""
+    valid = np.isfinite(human)
+    num = np.asarray(plan.face_to_image @ np.where(valid, human, 0.0).T).T
+    den = np.asarray(plan.face_to_image @ valid.T.astype(np.float64)).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return np.ascontiguousarray(means), den
+
+
 def _block(plan: _Plan, counts: ResampleCounts) -> Results:
     out: Results = {}
     face_prompt_counts = _take(counts.prompt, plan.faces.prompt)
@@ -543,15 +577,11 @@ def _block(plan: _Plan, counts: ResampleCounts) -> Results:
         human = _human_face_means(plan, counts)
         valid = np.isfinite(human)
         face_weight = np.where(valid, face_prompt_counts, 0.0)
-        _correlations(plan.face_level, human, face_weight, out)
-        # Image human value: mean of its faces' means (each face counts once).
+        _correlations(plan.face_level, human, face_weight, counts.prompt, out)
         filled = np.where(valid, human, 0.0)
-        num = np.asarray(plan.face_to_image @ filled.T).T
-        den = np.asarray(plan.face_to_image @ valid.T.astype(np.float64)).T
-        with np.errstate(invalid="ignore", divide="ignore"):
-            image_human = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-        image_weight = np.where(den > 0, _take(counts.prompt, plan.image_prompt), 0.0)
-        _correlations(plan.image_level, np.ascontiguousarray(image_human), image_weight, out)
+        image_human, rated_faces = _image_means(plan, human)
+        image_weight = np.where(rated_faces > 0, _take(counts.prompt, plan.image_prompt), 0.0)
+        _correlations(plan.image_level, image_human, image_weight, counts.prompt, out)
         if plan.likert_pairs is not None:
             _likert_pair_accuracy(plan, human, counts.prompt, out)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -605,6 +635,31 @@ def _design_corrected(full: np.ndarray, half_a: np.ndarray, half_b: np.ndarray) 
     return middle + (full - middle) * scale
 
 
+_FORKED_PLAN: _Plan | None = None
+
+
+def _forked_block(counts: ResampleCounts) -> Results:
+    assert _FORKED_PLAN is not None
+    return _block(_FORKED_PLAN, counts)
+
+
+def _blocks_in_forked_workers(
+    plan: _Plan, blocks: list[ResampleCounts], workers: int
+) -> list[Results]:
+    """Run blocks in forked processes that inherit the plan (no pickling of the big arrays).
+
+    Processes, not threads: a block is hundreds of short numpy calls, and two threads
+    contending for the GIL between them ran slower than one thread.
+    """
+    global _FORKED_PLAN
+    _FORKED_PLAN = plan
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_forked_block, blocks, chunksize=max(1, len(blocks) // (4 * workers)))
+    finally:
+        _FORKED_PLAN = None
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -635,16 +690,25 @@ def alignment_report(
     gold_tolerance: float = 0.0,
     split_half_splits: int = 20,
     chunk: int | None = None,
-    threads: int = 2,
+    workers: int = 1,
     return_replicates: bool = False,
 ) -> dict[str, Any]:
-    """Alignment of each metric with the humans, with ``level`` bootstrap percentile intervals.
+    """Alignment of each metric with the humans, with ``level`` bootstrap intervals.
 
     ``metrics`` maps a metric name to its per-face values (F,), NaN = not scored; an image-level
-    metric repeats the image's value on each of its faces. Returns plain JSON-able data:
-    ``headline`` (per metric × statistic: point/low/high, best per column, human ceiling row),
-    ``differences`` (CIs of metric-minus-metric on the same resamples), ``correlations``,
-    ``pairwise``, ``dm_leaderboard``, ``reliability``, ``timings_s``, ``settings``.
+    metric repeats the image's value on each of its faces. Returns plain JSON-able data (floats,
+    lists, None for a statistic that does not exist):
+
+    - ``headline``: ``columns``; ``rows`` (per metric, per column: point, low, high, n_valid);
+      ``best`` (metric with the highest point per column); ``human_ceiling`` (face level).
+    - ``differences``: per column, every metric pair a − b with its interval on the same
+      resamples (the way to say one metric beats another).
+    - ``tie_thresholds``: calibrated ε per metric for the pairwise accuracies.
+    - ``dm_leaderboard``: human mean rating per DM, Bradley–Terry log-strengths and tie
+      parameter (pairwise campaigns), each metric's mean per DM, all with intervals.
+    - ``reliability``: Krippendorff's α, split-half, leave-one-out per annotator, gold
+      accuracy and self-consistency per annotator.
+    - ``data``, ``settings``, ``timings_s``; ``replicates`` with ``return_replicates``.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -709,24 +773,19 @@ def alignment_report(
     timings["prepare"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    point = _block(plan, ResampleCounts.identity(faces.n_prompts, n_annotators))
+    identity = ResampleCounts.identity(faces.n_prompts, n_annotators)
+    point = _block(plan, identity)
     if likert is not None:
-        # Exact τ-b for the point estimate (the centred interval absorbs the design's offset).
-        human = _human_face_means(plan, ResampleCounts.identity(faces.n_prompts, n_annotators))
-        for lvl, values in (("face", human), ("image", None)):
-            level_obj = plan.face_level if lvl == "face" else plan.image_level
-            if values is None:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    valid = np.isfinite(human[0])
-                    values = (face_to_image @ np.where(valid, human[0], 0.0)) / (
-                        face_to_image @ valid.astype(float)
-                    )
-            else:
-                values = values[0]
-            if level_obj.exhaustive_pairs:
-                point[(lvl, "kendall")] = point[(lvl, "kendall_design")]
-            else:
-                point[(lvl, "kendall")] = _exact_kendall(level_obj, values)[:, None]
+        # Exact τ-b for the point estimate (the centred interval absorbs a sampled design's
+        # offset from it).
+        human = _human_face_means(plan, identity)
+        image_human, _ = _image_means(plan, human)
+        for level_obj, values in ((plan.face_level, human), (plan.image_level, image_human)):
+            point[(level_obj.name, "kendall")] = (
+                point[(level_obj.name, "kendall_design")]
+                if level_obj.exhaustive_pairs
+                else _exact_kendall(level_obj, values[0])[:, None]
+            )
     timings["point_estimates"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -748,9 +807,8 @@ def alignment_report(
             resample_annotators=resample_annotators,
         )
     )
-    if threads > 1 and len(blocks) > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            parts = list(pool.map(lambda c: _block(plan, c), blocks))
+    if workers > 1 and len(blocks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        parts = _blocks_in_forked_workers(plan, blocks, workers)
     else:
         parts = [_block(plan, c) for c in blocks]
     replicates: Results = (

@@ -121,7 +121,7 @@ def test_intervals_cover_the_true_value_at_about_the_nominal_rate() -> None:
             metrics=study.metrics,
             n_boot=150,
             seed=replicate,
-            threads=1,
+            workers=1,
             kendall_max_pairs=1000,
         )
         values = report["headline"]["rows"][0]["values"]
@@ -153,3 +153,23 @@ def test_kendall_interval_from_a_sampled_pair_design_matches_the_exhaustive_one(
     assert sampled["point"] == pytest.approx(exact["point"], abs=1e-12)  # scipy, exact
     for a, b in ((exact, sampled), (exact_difference, sampled_difference)):
         assert b["high"] - b["low"] == pytest.approx(a["high"] - a["low"], rel=0.15)
+
+
+def test_forked_workers_give_the_same_report_as_one_process() -> None:
+    study = simulate_study(n_prompts=40, n_pairwise=400, seed=6)
+
+    def run(workers: int) -> dict:
+        report = alignment_report(
+            faces=study.faces,
+            likert=study.likert,
+            pairwise=study.pairwise,
+            metrics=study.metrics,
+            n_boot=60,
+            seed=2,
+            chunk=7,
+            workers=workers,
+        )
+        report.pop("timings_s")
+        return report
+
+    assert run(2) == run(1)
