@@ -19,3 +19,19 @@ def score_chunk_task(chunk_id: int) -> None:
     from benchmark.scoring import run_chunk
 
     run_chunk(chunk_id)
+
+
+@shared_task(name="benchmark.build_report", soft_time_limit=3 * 3600, time_limit=3 * 3600 + 300)
+def build_report_task(job_id: int) -> None:
+    from benchmark.reports import run_report_job
+    from jobs import progress
+
+    progress.run(job_id, run_report_job)
+
+
+@shared_task(name="benchmark.export_snapshot", soft_time_limit=3 * 3600, time_limit=3 * 3600 + 300)
+def export_snapshot_task(job_id: int) -> None:
+    from benchmark.snapshots import run_export_job
+    from jobs import progress
+
+    progress.run(job_id, run_export_job)
