@@ -173,15 +173,11 @@ def _open_rgb(generation: Generation) -> Image.Image:
 def _loaders(metric: Metric, target_ids: Sequence[int]) -> tuple[list[int], list[Callable[[], Any]]]:
     """Loader callables in target order (ids of targets that no longer exist are dropped)."""
     if metric.level == "face":
-        from ml.metrics.imagereward import crop_face
-
         faces = Face.objects.filter(pk__in=target_ids).select_related("generation").in_bulk()
         ids = [i for i in target_ids if i in faces]
 
         def face_loader(face: Face) -> Callable[[], FaceCrop]:
-            return lambda: FaceCrop(
-                image=crop_face(_open_rgb(face.generation), face.box), box=face.box, confidence=face.confidence
-            )
+            return lambda: face_input(metric, _open_rgb(face.generation), face)
 
         return ids, [face_loader(faces[i]) for i in ids]
     generations = Generation.objects.in_bulk(list(target_ids))
@@ -193,6 +189,22 @@ def _loaders(metric: Metric, target_ids: Sequence[int]) -> tuple[list[int], list
         return lambda: _open_rgb(generation)
 
     return ids, [image_loader(generations[i]) for i in ids]
+
+
+FQA_METRICS = frozenset({"magface", "cr_fiqa"})
+
+
+def face_input(metric: Metric, image: Image.Image, face: Face) -> FaceCrop:
+    """The crop policy each face metric was trained with: ArcFace 5-point alignment to 112 px for
+    the FQA models (an unaligned box crop when the detector gave no landmarks), the official
+    FaceScore crop (raw box ±1 px) for the rest."""
+    if metric.name in FQA_METRICS:
+        from ml.metrics.fqa import aligned_face_crops
+
+        return aligned_face_crops(image, [face])[0]
+    from ml.metrics.imagereward import crop_face
+
+    return FaceCrop(image=crop_face(image, face.box), box=face.box, confidence=face.confidence)
 
 
 def _upsert_scores(version: MetricVersion, level: str, ids: Sequence[int], outcomes: Sequence[Outcome]) -> None:

@@ -151,3 +151,16 @@ def test_an_input_that_cannot_be_loaded_fails_alone():
 
     outcomes = score_inputs(_Doubler(max_batch=8), [*_loaders([4]), broken], batch_size=2)
     assert outcomes[0].value == 8.0 and outcomes[1].value is None and "truncated" in outcomes[1].error
+
+
+@pytest.mark.parametrize("name, write", [("magface", "write_tiny_magface"), ("face_score", "write_tiny_face_score")])
+def test_face_metrics_score_every_face_with_their_own_crop_policy(dataset, tmp_path, settings, name, write):
+    from tests.ml import tiny_models
+
+    settings.FACEBENCH_WEIGHTS_DIR = tmp_path / "weights"
+    getattr(tiny_models, write)(settings.FACEBENCH_WEIGHTS_DIR)
+    job = start_scoring_job(metrics=[name], dataset=dataset, chunk_size=3)
+    _run_all(job)
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    faces = Face.objects.filter(generation__dataset=dataset).count()
+    assert Score.objects.filter(metric_version__metric=name, value__isnull=False).count() == faces
