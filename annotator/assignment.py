@@ -221,7 +221,7 @@ def submit_judgment(
     now = now or timezone.now()
     existing = _existing_for_key(idempotency_key, annotator, item_id)
     if existing is not None:
-        return SubmitResult(judgment=existing, created=False)
+        return _replayed(existing)
     try:
         with transaction.atomic():
             return _submit_locked(
@@ -239,7 +239,17 @@ def submit_judgment(
         existing = _existing_for_key(idempotency_key, annotator, item_id)
         if existing is None:
             raise
-        return SubmitResult(judgment=existing, created=False)
+        return _replayed(existing)
+
+
+def _replayed(judgment: Judgment) -> SubmitResult:
+    """The answer to a retried submit: the stored judgment, and the pause state as it is now, so
+    a client whose first acknowledgement was lost still learns that this answer paused it."""
+    membership = Membership.objects.filter(campaign__items=judgment.item_id, annotator_id=judgment.annotator_id).first()
+    paused = membership is not None and membership.is_paused
+    return SubmitResult(
+        judgment=judgment, created=False, paused=paused, message=_pause_message(membership) if paused else ""
+    )
 
 
 def _submit_locked(
@@ -258,7 +268,7 @@ def _submit_locked(
         raise Refused("No such item.", status=404)
     existing = _existing_for_key(idempotency_key, annotator, item_id)
     if existing is not None:
-        return SubmitResult(judgment=existing, created=False)
+        return _replayed(existing)
     campaign = Campaign.objects.get(pk=item.campaign_id)
     answer = _answer_fields(campaign.protocol, rating=rating, choice=choice, flag=flag)
     assignment = _locked(Assignment.objects.filter(item=item, annotator=annotator)).first()

@@ -199,6 +199,17 @@ def test_annotator_failing_gold_is_paused_with_a_message_and_resumed_by_a_resear
     assert claim_items(campaign=campaign, annotator=annotator).assignments
 
 
+def test_a_retried_gold_submit_still_reports_the_pause(annotator):
+    campaign = _likert([annotator], k=1, gold_share=1.0, pause_min_gold=1, pause_threshold=1.0, gold_tolerance=0)
+    add_gold_items(campaign=campaign, answers={campaign.items.first().face: "5"})
+    (a,) = claim_items(campaign=campaign, annotator=annotator).assignments
+    key = uuid.uuid4()
+    first = submit_judgment(annotator=annotator, item_id=a.item_id, idempotency_key=key, rating=1)
+    retry = submit_judgment(annotator=annotator, item_id=a.item_id, idempotency_key=key, rating=1)
+    assert first.paused and retry.paused and not retry.created
+    assert retry.message == first.message
+
+
 def test_finished_campaign_serves_nothing(annotator):
     campaign = _likert([annotator])
     Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.FINISHED)

@@ -586,6 +586,8 @@
     } finally {
       fetching = false;
     }
+    // An answer acknowledged while this request was in flight may have paused the annotator.
+    if (paused) return;
     if (r === null || r.status >= 500 || r.status === 429) {
       refillLater();
       showCurrent();
