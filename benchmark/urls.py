@@ -1,5 +1,7 @@
 from __future__ import annotations
 
-from benchmark.views import urlpatterns
+from benchmark import report_views, views
+
+urlpatterns = views.urlpatterns + report_views.urlpatterns
 
 __all__ = ["urlpatterns"]
