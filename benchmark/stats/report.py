@@ -129,6 +129,7 @@ class _Level:
     pair_sign: np.ndarray  # (K, M) sgn(m_a − m_b), 0 where either is missing
     pair_valid: np.ndarray  # (K, M)
     exhaustive_pairs: bool
+    pair_prompts: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     @classmethod
     def build(
@@ -184,6 +185,7 @@ class _Level:
             sign * valid,
             valid.astype(np.float64),
             exhaustive,
+            (prompt[first], prompt[second]),
         )
 
 
@@ -217,6 +219,8 @@ class _LikertPairs:
     sign: np.ndarray  # (K, M) sgn(m_a − m_b), 0 where not valid
     sorted_index: list[np.ndarray]
     designs: list[PairDesign | None]
+    gain_index: list[np.ndarray]  # per metric: (sgn d + 1)·K + canonical index, in |d| order
+    signs_used: frozenset[float]
 
 
 @dataclass
@@ -275,6 +279,13 @@ def _build_likert_pairs(plan: _Plan) -> _LikertPairs:
         designs.append(design)
         sorted_index.append(scored[design.order] if design else scored)
     sign = np.where(valid, np.sign(np.where(valid, diff, 0.0)), 0.0)
+    gain_index = [
+        ((sign[m, index] + 1).astype(np.int64) * len(first) + index)
+        for m, index in enumerate(sorted_index)
+    ]
+    signs_used = frozenset(
+        float(v) for m, index in enumerate(sorted_index) for v in np.unique(sign[m, index])
+    )
     return _LikertPairs(
         first,
         second,
@@ -283,6 +294,8 @@ def _build_likert_pairs(plan: _Plan) -> _LikertPairs:
         sign.T.copy(),
         sorted_index,
         designs,
+        gain_index,
+        signs_used,
     )
 
 
@@ -431,7 +444,13 @@ def _correlations(
     # second half) whose replicate covariance corrects the interval, see _kendall_replicates.
     a, b = level.pair_first, level.pair_second
     filled = np.where(valid, human, 0.0)
-    pair_w = _take(base, a) * _take(base, b)
+    if all_valid:
+        # Both weights are prompt counts: gather from the short (rows, P) table.
+        pair_w = _take(prompt_counts, level.pair_prompts[0]) * _take(
+            prompt_counts, level.pair_prompts[1]
+        )
+    else:
+        pair_w = _take(base, a) * _take(base, b)
     weighted_sign = pair_w * np.sign(_take(filled, a) - _take(filled, b))
     numerator = weighted_sign @ level.pair_sign
     untied_m = pair_w @ np.abs(level.pair_sign)
@@ -480,6 +499,16 @@ def _likert_pair_accuracy(
     label = np.sign(_take(filled, pairs.first) - _take(filled, pairs.second)).astype(dtype)
     tie_weight = weight * (label == 0)
     valid_m, sign_m = pairs.valid.astype(dtype), pairs.sign.astype(dtype)
+    # gain_j = w_j ([label_j = 0] − [label_j = sgn d_j]) (see tie_calibrated_accuracy_sorted)
+    # depends on the metric only through sgn d_j ∈ {−1, 0, 1}: build the gains for each sign
+    # once, side by side, and let each metric gather its own in |d| order with one take.
+    k = len(pairs.first)
+    gains = np.empty((rows, 3 * k), dtype)
+    for slot, sign in enumerate((-1.0, 0.0, 1.0)):
+        if sign in pairs.signs_used:
+            part = gains[:, slot * k : (slot + 1) * k]
+            np.multiply(weight, label == sign, out=part)
+            np.subtract(tie_weight, part, out=part)
     total = (weight @ valid_m).T.astype(np.float64)
     tie_total = (tie_weight @ valid_m).T.astype(np.float64)
     counted = ((weight - tie_weight) @ np.abs(sign_m)).T.astype(np.float64)
@@ -492,9 +521,7 @@ def _likert_pair_accuracy(
     for m, design in enumerate(pairs.designs):
         if design is None:
             continue
-        # gain_j = w_j ([label_j = 0] − [label_j = sgn d_j]), see tie_calibrated_accuracy_sorted.
-        gain = tie_weight - weight * (label == sign_m[:, m])
-        cum = np.cumsum(_take(gain, pairs.sorted_index[m]), axis=1)
+        cum = np.cumsum(_take(gains, pairs.gain_index[m]), axis=1)
         ends = design.group_end
         at_ends = cum if len(ends) == cum.shape[1] else cum[:, ends]
         best = np.argmax(at_ends, axis=1)
@@ -569,12 +596,30 @@ def _image_means(plan: _Plan, human: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.ascontiguousarray(means), den
 
 
-def _block(plan: _Plan, counts: ResampleCounts) -> Results:
+def _block(plan: _Plan, counts: ResampleCounts, sub_rows: int | None = None) -> Results:
+    """All statistics of a block of resamples, ``sub_rows`` rows at a time.
+
+    The human means come from one product for the whole block: it streams the (A, F) tables
+    from memory once, so it wants many rows; the rest wants few rows, to stay in cache.
+    """
+    human_all = _human_face_means(plan, counts) if plan.likert_sums is not None else None
+    step = sub_rows or len(counts)
+    parts = []
+    for start in range(0, len(counts), step):
+        rows = slice(start, start + step)
+        sub = ResampleCounts(counts.prompt[rows], counts.annotator[rows])
+        parts.append(_block_statistics(plan, sub, None if human_all is None else human_all[rows]))
+    if len(parts) == 1:
+        return parts[0]
+    return {key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]}
+
+
+def _block_statistics(plan: _Plan, counts: ResampleCounts, human: np.ndarray | None) -> Results:
     out: Results = {}
     face_prompt_counts = _take(counts.prompt, plan.faces.prompt)
     metric_dm = _metric_dm_means(plan, face_prompt_counts)
-    if plan.likert_sums is not None:
-        human = _human_face_means(plan, counts)
+    if human is not None:
+        human = np.ascontiguousarray(human)
         valid = np.isfinite(human)
         face_weight = np.where(valid, face_prompt_counts, 0.0)
         _correlations(plan.face_level, human, face_weight, counts.prompt, out)
@@ -636,23 +681,24 @@ def _design_corrected(full: np.ndarray, half_a: np.ndarray, half_b: np.ndarray) 
 
 
 _FORKED_PLAN: _Plan | None = None
+_FORKED_SUB_ROWS: int | None = None
 
 
 def _forked_block(counts: ResampleCounts) -> Results:
     assert _FORKED_PLAN is not None
-    return _block(_FORKED_PLAN, counts)
+    return _block(_FORKED_PLAN, counts, _FORKED_SUB_ROWS)
 
 
 def _blocks_in_forked_workers(
-    plan: _Plan, blocks: list[ResampleCounts], workers: int
+    plan: _Plan, blocks: list[ResampleCounts], workers: int, sub_rows: int
 ) -> list[Results]:
     """Run blocks in forked processes that inherit the plan (no pickling of the big arrays).
 
     Processes, not threads: a block is hundreds of short numpy calls, and two threads
     contending for the GIL between them ran slower than one thread.
     """
-    global _FORKED_PLAN
-    _FORKED_PLAN = plan
+    global _FORKED_PLAN, _FORKED_SUB_ROWS
+    _FORKED_PLAN, _FORKED_SUB_ROWS = plan, sub_rows
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             return pool.map(_forked_block, blocks, chunksize=max(1, len(blocks) // (4 * workers)))
@@ -795,8 +841,10 @@ def alignment_report(
         len(pairwise) if pairwise is not None else 0,
         len(plan.likert_pairs.first) if plan.likert_pairs else 0,
     )
-    # Blocks small enough that the widest (rows, K) arrays stay near the cache.
-    chunk = chunk or max(1, min(64, (1 << 20) // max(widest, 1)))
+    # Sub-blocks small enough that the widest (rows, K) arrays stay near the cache; blocks of
+    # 64 rows for the human-mean product.
+    sub_rows = chunk or max(1, min(64, (1 << 20) // max(widest, 1)))
+    chunk = max(sub_rows, 64)
     blocks = list(
         iter_resample_counts(
             n_prompts=faces.n_prompts,
@@ -808,9 +856,9 @@ def alignment_report(
         )
     )
     if workers > 1 and len(blocks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        parts = _blocks_in_forked_workers(plan, blocks, workers)
+        parts = _blocks_in_forked_workers(plan, blocks, workers, sub_rows)
     else:
-        parts = [_block(plan, c) for c in blocks]
+        parts = [_block(plan, c, sub_rows) for c in blocks]
     replicates: Results = (
         {key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]} if parts else {}
     )

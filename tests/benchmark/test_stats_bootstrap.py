@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from benchmark.stats import alignment_report, interval, iter_resample_counts, pearson, spearman
+from benchmark.stats import (
+    PairDesign,
+    alignment_report,
+    interval,
+    iter_resample_counts,
+    pairwise_accuracy_with_ties,
+    pearson,
+    plain_pairwise_accuracy,
+    spearman,
+    within_prompt_pairs,
+)
 from benchmark.stats.simulate import simulate_study
 
 
@@ -65,6 +75,22 @@ def test_a_bootstrap_replicate_equals_scipy_on_the_materialised_resample() -> No
         )
         assert replicate["face|kendall_design"][0][b] == pytest.approx(
             scipy.stats.kendalltau(h, m).statistic, abs=1e-12
+        )
+        # Within-prompt pairs: every copy of a prompt brings its pairs once more.
+        first, second = within_prompt_pairs(faces.prompt)
+        keep = faces.image[first] != faces.image[second]
+        first, second = first[keep], second[keep]
+        copies = prompt_counts[b][faces.prompt[first]].astype(int)
+        copies *= np.isfinite(human[first]) & np.isfinite(human[second])
+        first, second = np.repeat(first, copies), np.repeat(second, copies)
+        diff = metric[first] - metric[second]
+        label = np.sign(human[first] - human[second])
+        expected = pairwise_accuracy_with_ties(PairDesign.from_differences(diff), label)
+        assert replicate["likert_pairs|accuracy_with_ties"][0][b] == pytest.approx(
+            expected.accuracy[0], abs=1e-12
+        )
+        assert replicate["likert_pairs|accuracy_without_ties"][0][b] == pytest.approx(
+            plain_pairwise_accuracy(diff, label)[0], abs=1e-12
         )
 
 

@@ -104,18 +104,21 @@ def test_pairwise_judgments_must_compare_two_different_faces() -> None:
         PairwiseJudgments(left_face=[0], right_face=[1], annotator=[0], outcome=[7])
 
 
-def test_report_pairwise_accuracies_equal_direct_computation() -> None:
+@pytest.mark.parametrize("rounded", [False, True])
+def test_report_pairwise_accuracies_equal_direct_computation(rounded: bool) -> None:
     study = simulate_study(n_prompts=50, n_pairwise=800, seed=2)
+    metric = study.metrics["tracks_quality"]
+    if rounded:  # tied |differences| and exact-zero differences
+        metric = np.round(metric)
     report = alignment_report(
         faces=study.faces,
         likert=study.likert,
         pairwise=study.pairwise,
-        metrics=study.metrics,
+        metrics={"m": metric, "other": study.metrics["unrelated"]},
         n_boot=10,
         seed=0,
     )
     values = report["headline"]["rows"][0]["values"]
-    metric = study.metrics["tracks_quality"]
     # Campaign: one instance per judgment, both-bad as tie.
     pairs = study.pairwise
     diff = metric[pairs.left_face] - metric[pairs.right_face]
