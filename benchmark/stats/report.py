@@ -387,6 +387,11 @@ def _correlations(
     n_metrics = level.metric.shape[0]
     valid = np.isfinite(human)
     all_valid = bool(valid.all())
+    small_counts = (
+        prompt_counts.astype(np.int8)
+        if prompt_counts.max(initial=0) <= 127 and human.shape[1] * 127 < 2**31
+        else None
+    )
     base = np.where(valid, weight, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         row_mean = np.where(valid, human, 0.0).sum(axis=1) / valid.sum(axis=1)
@@ -416,17 +421,24 @@ def _correlations(
             rank = _put(ranks_in_sorted_order(human_sorted, _take(w, order_h)), order_h)
             ranks_h[group] = (rank, _row_dot(w * rank, rank))
         rank_h, s_hh = ranks_h[group]
+        cum = None
         if all_valid and level.finite[m].all():
             # Weights are the prompt counts: gather them from the short (rows, P) table,
-            # which stays in L1, instead of from the (rows, N) one.
-            w_sorted = _take(prompt_counts, level.prompt_sorted[m])
+            # which stays in L1, instead of from the (rows, N) one; as int8 when they fit,
+            # because an int8 → int32 running sum is vectorised and a float one is not.
+            if small_counts is not None:
+                counts_sorted = _take(small_counts, level.prompt_sorted[m])
+                cum = np.cumsum(counts_sorted, axis=1, dtype=np.int32)
+                w_sorted = counts_sorted.astype(np.float64)
+            else:
+                w_sorted = _take(prompt_counts, level.prompt_sorted[m])
         else:
             w_sorted = _take(w, level.order[m])
         if level.metric_has_ties[m]:
             rank_m = ranks_in_sorted_order(level.metric_sorted[m][None, :], w_sorted)
         else:
             # No ties between units: only the copies of one unit tie with each other.
-            rank_m = np.cumsum(w_sorted, axis=1)
+            rank_m = np.cumsum(w_sorted, axis=1) if cum is None else cum.astype(np.float64)
             rank_m -= (w_sorted - 1.0) / 2.0
         total = w_sorted.sum(axis=1)
         weighted_rank = w_sorted * rank_m
@@ -502,13 +514,19 @@ def _likert_pair_accuracy(
     # gain_j = w_j ([label_j = 0] − [label_j = sgn d_j]) (see tie_calibrated_accuracy_sorted)
     # depends on the metric only through sgn d_j ∈ {−1, 0, 1}: build the gains for each sign
     # once, side by side, and let each metric gather its own in |d| order with one take.
+    # Pair weights are prompt counts, small integers: int8 gains make the per-metric gather
+    # and running sum several times cheaper (an int8 → int32 cumsum is vectorised; a float
+    # one is bound by the latency of each addition).
+    small = weight.max(initial=0.0) <= 127
+    gain_dtype = np.int8 if small else dtype
     k = len(pairs.first)
-    gains = np.empty((rows, 3 * k), dtype)
+    gains = np.empty((rows, 3 * k), gain_dtype)
+    weight_g, tie_g = weight.astype(gain_dtype), tie_weight.astype(gain_dtype)
     for slot, sign in enumerate((-1.0, 0.0, 1.0)):
         if sign in pairs.signs_used:
             part = gains[:, slot * k : (slot + 1) * k]
-            np.multiply(weight, label == sign, out=part)
-            np.subtract(tie_weight, part, out=part)
+            np.multiply(weight_g, label == sign, out=part)
+            np.subtract(tie_g, part, out=part)
     total = (weight @ valid_m).T.astype(np.float64)
     tie_total = (tie_weight @ valid_m).T.astype(np.float64)
     counted = ((weight - tie_weight) @ np.abs(sign_m)).T.astype(np.float64)
@@ -521,7 +539,9 @@ def _likert_pair_accuracy(
     for m, design in enumerate(pairs.designs):
         if design is None:
             continue
-        cum = np.cumsum(_take(gains, pairs.gain_index[m]), axis=1)
+        cum = np.cumsum(
+            _take(gains, pairs.gain_index[m]), axis=1, dtype=np.int32 if small else None
+        )
         ends = design.group_end
         at_ends = cum if len(ends) == cum.shape[1] else cum[:, ends]
         best = np.argmax(at_ends, axis=1)
