@@ -374,7 +374,11 @@ def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def report_rebuild(request: HttpRequest, pk: int) -> HttpResponse:
     report = _report_for_researcher(request, pk)
-    job = rebuild_report(report, created_by=request.user)
+    try:
+        job = rebuild_report(report, created_by=request.user)
+    except ReportRefused as error:  # e.g. a campaign of the report was deleted since
+        messages.error(request, f"Cannot rebuild: {error.message}")
+        return redirect("report-detail", pk=report.pk)
     messages.success(request, "Rebuilding with the same campaigns, metric versions and settings.")
     return redirect("report-detail", pk=job.config["report_id"])
 
@@ -462,7 +466,9 @@ def campaign_snapshot(request: HttpRequest, pk: int) -> HttpResponse:
 def export_job(request: HttpRequest, pk: int) -> HttpResponse:
     job = _export_job_for_researcher(request, pk)
     campaign = Campaign.objects.filter(pk=job.config.get("campaign_id")).first()
-    return render(request, "benchmark/export_job.html", {"job": job, "campaign": campaign})
+    # A list, not the dict: the template language would read rows.items as the "items" table.
+    tables = sorted((job.result.get("rows") or {}).items())
+    return render(request, "benchmark/export_job.html", {"job": job, "campaign": campaign, "tables": tables})
 
 
 def _snapshot_file(job: Job) -> FileResponse:

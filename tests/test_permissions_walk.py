@@ -87,6 +87,32 @@ def _c(w: World) -> int:
     return w.campaign
 
 
+def _report(w: World) -> int:
+    """A finished report (on a small synthetic campaign), so its downloads and figures exist."""
+    from benchmark.models import Report
+    from benchmark.reports import build_results
+    from tests.benchmark.synthetic_campaign import make_synthetic_campaign
+
+    synthetic = make_synthetic_campaign(name="walk-report", n_prompts=4)
+    settings = {"n_boot": 20, "breakdown_n_boot": 10}
+    results = build_results(campaigns=[synthetic.campaign], metric_versions=[synthetic.tracks], settings=settings)
+    report = Report.objects.create(title="walk", settings=settings, results=results)
+    report.campaigns.set([synthetic.campaign])
+    report.metric_versions.set([synthetic.tracks])
+    return report.pk
+
+
+def _export(w: World) -> int:
+    """A finished snapshot export of the walk's campaign, so its zip downloads."""
+    from annotator.models import Campaign
+    from benchmark.snapshots import build_snapshot
+
+    job = Job.objects.create(kind=Job.Kind.EXPORT, status=Job.Status.SUCCEEDED, config={"campaign_id": w.campaign})
+    job.result = build_snapshot(Campaign.objects.get(pk=w.campaign), f"exports/{job.pk}")
+    job.save()
+    return job.pk
+
+
 RULES: dict[str, Rule] = {
     "schema": Rule("get", lambda w: "/api/schema/", LOGGED_IN),
     "api-docs": Rule("get", lambda w: "/api/docs/", LOGGED_IN),
@@ -115,6 +141,15 @@ RULES: dict[str, Rule] = {
     "scoring-job": Rule("get", lambda w: f"/research/scoring/{w.scoring_job}/", RESEARCH),
     "scoring-job-resume": Rule("post", lambda w: f"/research/scoring/{w.scoring_job}/resume/", RESEARCH),
     "scoring-job-cancel": Rule("post", lambda w: f"/research/scoring/{w.scoring_job}/cancel/", RESEARCH),
+    "report-list": Rule("get", lambda w: "/research/reports/", RESEARCH),
+    "report-detail": Rule("get", lambda w: f"/research/reports/{_report(w)}/", RESEARCH),
+    "report-rebuild": Rule("post", lambda w: f"/research/reports/{_report(w)}/rebuild/", RESEARCH),
+    "report-download": Rule("get", lambda w: f"/research/reports/{_report(w)}/report.csv", RESEARCH),
+    "report-figure": Rule("get", lambda w: f"/research/reports/{_report(w)}/figures/forest.svg", RESEARCH),
+    "campaign-dashboard": Rule("get", lambda w: f"/research/campaigns/{_c(w)}/dashboard/", RESEARCH),
+    "campaign-snapshot": Rule("post", lambda w: f"/research/campaigns/{_c(w)}/snapshot/", RESEARCH),
+    "export-job": Rule("get", lambda w: f"/research/exports/{_export(w)}/", RESEARCH),
+    "export-download": Rule("get", lambda w: f"/research/exports/{_export(w)}/download/", RESEARCH),
     # API
     "api-datasets": Rule("get", lambda w: "/api/datasets/", RESEARCH),
     "api-dataset": Rule("get", lambda w: f"/api/datasets/{w.dataset}/", RESEARCH),
@@ -138,6 +173,11 @@ RULES: dict[str, Rule] = {
     "api-metric-versions": Rule("get", lambda w: "/api/metric-versions/", RESEARCH),
     "api-scores": Rule("get", lambda w: "/api/scores/", RESEARCH),
     "api-scoring-jobs": Rule("post", lambda w: "/api/scoring-jobs/", RESEARCH),
+    "api-reports": Rule("get", lambda w: "/api/reports/", RESEARCH),
+    "api-report": Rule("get", lambda w: f"/api/reports/{_report(w)}/", RESEARCH),
+    "api-campaign-snapshot": Rule("post", lambda w: f"/api/campaigns/{_c(w)}/snapshot/", RESEARCH),
+    "api-campaign-dashboard": Rule("get", lambda w: f"/api/campaigns/{_c(w)}/dashboard/", RESEARCH),
+    "api-export-download": Rule("get", lambda w: f"/api/exports/{_export(w)}/download/", RESEARCH),
 }
 
 
