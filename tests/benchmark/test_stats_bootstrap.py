@@ -9,6 +9,7 @@ import scipy.stats
 from benchmark.stats import (
     PairDesign,
     alignment_report,
+    fit_bradley_terry,
     interval,
     iter_resample_counts,
     pairwise_accuracy_with_ties,
@@ -199,3 +200,43 @@ def test_forked_workers_give_the_same_report_as_one_process() -> None:
         return report
 
     assert run(2) == run(1)
+
+
+def test_campaign_replicates_equal_the_materialised_resample() -> None:
+    """Pairwise judgments: a judgment is copied once per draw of its prompt × its annotator."""
+    study = simulate_study(n_prompts=30, n_dms=3, n_pairwise=600, seed=12)
+    faces, pairs = study.faces, study.pairwise
+    metric = study.metrics["tracks_quality"]
+    n_annotators = int(max(study.likert.annotator.max(), pairs.annotator.max())) + 1
+    report = alignment_report(
+        faces=faces,
+        pairwise=pairs,
+        metrics={"m": metric},
+        n_boot=5,
+        seed=8,
+        return_replicates=True,
+    )
+    prompt_counts, annotator_counts = _blocks(
+        64, n_prompts=faces.n_prompts, n_annotators=n_annotators, n_boot=5, seed=8
+    )
+    replicate = report["replicates"]
+    for b in range(5):
+        copies = (
+            prompt_counts[b][faces.prompt[pairs.left_face]] * annotator_counts[b][pairs.annotator]
+        ).astype(int)
+        left, right = np.repeat(pairs.left_face, copies), np.repeat(pairs.right_face, copies)
+        label = np.repeat(pairs.human_label(), copies)
+        diff = metric[left] - metric[right]
+        expected = pairwise_accuracy_with_ties(PairDesign.from_differences(diff), label)
+        assert replicate["campaign|accuracy_with_ties"][0][b] == pytest.approx(
+            expected.accuracy[0], abs=1e-12
+        )
+        wins = np.zeros((3, 3))
+        ties = np.zeros((3, 3))
+        dm_left, dm_right = faces.dm[left], faces.dm[right]
+        np.add.at(wins, (dm_left[label == 1], dm_right[label == 1]), 1)
+        np.add.at(wins, (dm_right[label == -1], dm_left[label == -1]), 1)
+        np.add.at(ties, (dm_left[label == 0], dm_right[label == 0]), 1)
+        fit = fit_bradley_terry(wins, ties)
+        got = [replicate["bt|log_strength"][k][b] for k in range(3)]
+        np.testing.assert_allclose(got, fit.log_strength, atol=1e-8)

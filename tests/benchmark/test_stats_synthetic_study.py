@@ -120,3 +120,34 @@ def test_same_seed_gives_the_same_report(study) -> None:
     first.pop("timings_s")
     second.pop("timings_s")
     assert first == second
+
+
+def test_a_pairwise_campaign_alone_gives_accuracies_and_a_bradley_terry_leaderboard() -> None:
+    study = simulate_study(n_prompts=40, n_pairwise=1500, dm_spread=1.0, seed=9)
+    report = alignment_report(
+        faces=study.faces, pairwise=study.pairwise, metrics=study.metrics, n_boot=50, seed=0
+    )
+    assert report["headline"]["columns"] == [
+        "campaign_accuracy_with_ties",
+        "campaign_accuracy_without_ties",
+        "dm_spearman_vs_bradley_terry",
+        "dm_kendall_vs_bradley_terry",
+    ]
+    strengths = [c["point"] for c in report["dm_leaderboard"]["bradley_terry_log_strength"]]
+    assert np.argsort(strengths).tolist() == np.argsort(study.dm_effect).tolist()
+    json.dumps(report, allow_nan=False)
+
+
+def test_without_resamples_the_report_has_points_but_no_intervals() -> None:
+    study = simulate_study(n_prompts=20, seed=10)
+    report = alignment_report(
+        faces=study.faces, likert=study.likert, metrics=study.metrics, n_boot=0
+    )
+    cell = report["headline"]["rows"][0]["values"]["face_spearman"]
+    assert cell["point"] is not None and cell["low"] is None and cell["n_valid"] == 0
+
+
+def test_report_rejects_metrics_of_the_wrong_length() -> None:
+    study = simulate_study(n_prompts=5, seed=11)
+    with pytest.raises(ValueError, match="values"):
+        alignment_report(faces=study.faces, likert=study.likert, metrics={"m": np.ones(3)})
