@@ -6,7 +6,7 @@ flag; researchers (and admins) reach everything here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth.models import User
 from django.db.models import Count, Q, QuerySet
@@ -51,6 +51,11 @@ class IsResearcher(permissions.BasePermission):
         return is_researcher(request.user)
 
 
+def _user(request: Request) -> User:
+    """The requesting user; every view here requires authentication first."""
+    return cast(User, request.user)
+
+
 def _refused(error: engine.Refused) -> Response:
     return Response({"detail": error.message}, status=error.status)
 
@@ -59,7 +64,7 @@ def _member_campaign(request: Request, pk: int) -> Campaign:
     """The campaign if the requesting annotator is a member of it, else 404 (no existence leak)."""
     if not is_annotator(request.user):
         raise PermissionDenied("Only annotators are served items.")
-    return get_object_or_404(Campaign, pk=pk, memberships__annotator=request.user)
+    return get_object_or_404(Campaign, pk=pk, memberships__annotator=_user(request))
 
 
 def _with_item_relations(assignments: list[Assignment]) -> list[Assignment]:
@@ -80,7 +85,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> QuerySet[Campaign]:
-        user = self.request.user
+        user = _user(self.request)
         if is_researcher(user):
             return Campaign.objects.all().prefetch_related("datasets", "annotators")
         return Campaign.objects.filter(memberships__annotator=user).annotate(
@@ -95,18 +100,18 @@ class CampaignViewSet(viewsets.ModelViewSet):
             return [permissions.IsAuthenticated()]
         return [permissions.IsAuthenticated(), IsResearcher()]
 
-    def perform_create(self, serializer: CampaignSerializer) -> None:
+    def perform_create(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
         try:
             serializer.instance = campaign_services.create_campaign(
-                created_by=self.request.user,
+                created_by=_user(self.request),
                 annotators=data.pop("annotators", []),
                 **data,
             )
         except engine.Refused as error:
             raise ValidationError(error.message) from None
 
-    def perform_update(self, serializer: CampaignSerializer) -> None:
+    def perform_update(self, serializer: Any) -> None:
         annotators = serializer.validated_data.pop("annotators", None)
         campaign = serializer.save()
         if annotators is not None:
@@ -123,7 +128,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
         params = NextItemsRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         try:
-            result = engine.claim_items(campaign=campaign, annotator=request.user, count=params.validated_data["count"])
+            result = engine.claim_items(campaign=campaign, annotator=_user(request), count=params.validated_data["count"])
         except engine.Refused as error:
             return _refused(error)
         items = [item_for_annotator(a) for a in _with_item_relations(result.assignments)]
@@ -136,7 +141,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
         body = ItemRefSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            engine.skip_item(campaign=campaign, annotator=request.user, item_id=body.validated_data["item"])
+            engine.skip_item(campaign=campaign, annotator=_user(request), item_id=body.validated_data["item"])
         except engine.Refused as error:
             return _refused(error)
         return Response({"ok": True})
@@ -146,7 +151,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
     def undo(self, request: Request, pk: int) -> Response:
         campaign = _member_campaign(request, pk)
         try:
-            assignment = engine.undo_last_judgment(campaign=campaign, annotator=request.user)
+            assignment = engine.undo_last_judgment(campaign=campaign, annotator=_user(request))
         except engine.Refused as error:
             return _refused(error)
         return Response({"item": item_for_annotator(_with_item_relations([assignment])[0])})
@@ -201,7 +206,7 @@ class JudgmentViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         user = self.request.user
         judgments = Judgment.objects.order_by("id")
         if not is_researcher(user):
-            judgments = judgments.filter(annotator=user)
+            judgments = judgments.filter(annotator=cast(User, user))
         campaign = self.request.query_params.get("campaign")
         if campaign:
             if not campaign.isdigit():
@@ -215,7 +220,7 @@ class JudgmentViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         return ResearcherJudgmentSerializer if is_researcher(self.request.user) else JudgmentSerializer
 
     def get_serializer_context(self) -> dict[str, Any]:
-        context = super().get_serializer_context()
+        context = dict(super().get_serializer_context())
         if is_researcher(self.request.user):
             context["pseudonyms"] = {
                 (m.annotator_id): m.pseudonym for m in Membership.objects.only("annotator_id", "pseudonym")
@@ -231,7 +236,7 @@ class JudgmentViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         data = body.validated_data
         try:
             result = engine.submit_judgment(
-                annotator=request.user,
+                annotator=_user(request),
                 item_id=data["item"],
                 idempotency_key=data["idempotency_key"],
                 rating=data.get("rating"),

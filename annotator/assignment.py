@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -77,7 +77,7 @@ def _live_leases(now: datetime) -> Q:
     return Q(status=Assignment.Status.ACTIVE, expires_at__gt=now)
 
 
-def _membership_for_update(campaign: Campaign, annotator: AbstractBaseUser) -> Membership:
+def _membership_for_update(campaign: Campaign, annotator: User) -> Membership:
     try:
         return _locked(Membership.objects.filter(campaign=campaign, annotator=annotator)).get()
     except Membership.DoesNotExist:
@@ -89,7 +89,7 @@ def _pause_message(membership: Membership) -> str:
 
 
 def claim_items(
-    *, campaign: Campaign, annotator: AbstractBaseUser, count: int = 1, now: datetime | None = None
+    *, campaign: Campaign, annotator: User, count: int = 1, now: datetime | None = None
 ) -> ClaimResult:
     """Leases for up to ``count`` items, in the order the annotator should see them."""
     now = now or timezone.now()
@@ -197,7 +197,7 @@ def _answer_fields(protocol: str, *, rating: int | None, choice: str, flag: str)
     return {"choice": choice}
 
 
-def _existing_for_key(key: uuid.UUID, annotator: AbstractBaseUser, item_id: int) -> Judgment | None:
+def _existing_for_key(key: uuid.UUID, annotator: User, item_id: int) -> Judgment | None:
     existing = Judgment.objects.filter(idempotency_key=key).first()
     if existing is None:
         return None
@@ -208,7 +208,7 @@ def _existing_for_key(key: uuid.UUID, annotator: AbstractBaseUser, item_id: int)
 
 def submit_judgment(
     *,
-    annotator: AbstractBaseUser,
+    annotator: User,
     item_id: int,
     idempotency_key: uuid.UUID,
     rating: int | None = None,
@@ -246,15 +246,14 @@ def _replayed(judgment: Judgment) -> SubmitResult:
     """The answer to a retried submit: the stored judgment, and the pause state as it is now, so
     a client whose first acknowledgement was lost still learns that this answer paused it."""
     membership = Membership.objects.filter(campaign__items=judgment.item_id, annotator_id=judgment.annotator_id).first()
-    paused = membership is not None and membership.is_paused
-    return SubmitResult(
-        judgment=judgment, created=False, paused=paused, message=_pause_message(membership) if paused else ""
-    )
+    if membership is None or not membership.is_paused:
+        return SubmitResult(judgment=judgment, created=False)
+    return SubmitResult(judgment=judgment, created=False, paused=True, message=_pause_message(membership))
 
 
 def _submit_locked(
     *,
-    annotator: AbstractBaseUser,
+    annotator: User,
     item_id: int,
     idempotency_key: uuid.UUID,
     rating: int | None,
@@ -329,7 +328,7 @@ def _record_gold(membership: Membership, campaign: Campaign, *, correct: bool, n
     return membership.is_paused
 
 
-def skip_item(*, campaign: Campaign, annotator: AbstractBaseUser, item_id: int) -> None:
+def skip_item(*, campaign: Campaign, annotator: User, item_id: int) -> None:
     """Give an item back; this annotator will not be served it again. Idempotent."""
     with transaction.atomic():
         updated = Assignment.objects.filter(
@@ -341,7 +340,7 @@ def skip_item(*, campaign: Campaign, annotator: AbstractBaseUser, item_id: int) 
             raise Refused("This item was not assigned to you.", status=409)
 
 
-def undo_last_judgment(*, campaign: Campaign, annotator: AbstractBaseUser, now: datetime | None = None) -> Assignment:
+def undo_last_judgment(*, campaign: Campaign, annotator: User, now: datetime | None = None) -> Assignment:
     """Delete the annotator's last judgment in the campaign while its lease still holds.
 
     The item's lease becomes active again, so the item is shown again with the same position.

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F, QuerySet
 
@@ -75,8 +75,8 @@ def create_campaign(
     name: str,
     protocol: str,
     datasets: Iterable[Dataset],
-    created_by: AbstractBaseUser | None = None,
-    annotators: Iterable[AbstractBaseUser] = (),
+    created_by: User | None = None,
+    annotators: Iterable[User] = (),
     min_face_px: float = 0,
     min_confidence: float = 0,
     max_pairs_per_prompt: int | None = None,
@@ -108,7 +108,7 @@ def create_campaign(
     return campaign
 
 
-def add_annotators(*, campaign: Campaign, users: Iterable[AbstractBaseUser]) -> int:
+def add_annotators(*, campaign: Campaign, users: Iterable[User]) -> int:
     """Make users (who must have the annotator role) members of the campaign. Idempotent."""
     users = list(users)
     not_annotators = [u.get_username() for u in users if not is_annotator(u)]
@@ -148,7 +148,7 @@ def add_gold_items(*, campaign: Campaign, answers: Mapping[Any, str]) -> list[It
     return Item.objects.bulk_create(items)
 
 
-def resume_annotator(*, campaign: Campaign, annotator: AbstractBaseUser) -> None:
+def resume_annotator(*, campaign: Campaign, annotator: User) -> None:
     """A researcher lifts a pause; the gold record restarts so one bad streak does not pause again at once."""
     Membership.objects.filter(campaign=campaign, annotator=annotator).update(
         paused_at=None, pause_reason="", gold_judged=0, gold_correct=0

@@ -33,8 +33,8 @@ def camera() -> np.ndarray:
 def grace_hopper() -> np.ndarray:
     from matplotlib import cbook
 
-    with cbook.get_sample_data("grace_hopper.jpg") as fh:
-        return np.asarray(Image.open(fh).convert("RGB"))
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 PHOTOS: dict[str, tuple[Callable[[], np.ndarray], str]] = {

@@ -134,7 +134,7 @@ class Campaign(models.Model):
     blind = models.BooleanField(default=True, help_text="Annotators never see model names or metrics.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     datasets = models.ManyToManyField(Dataset, related_name="campaigns", blank=True)
-    annotators = models.ManyToManyField(User, through="Membership", related_name="campaigns")
+    annotators: models.ManyToManyField = models.ManyToManyField(User, through="Membership", related_name="campaigns")
     created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 

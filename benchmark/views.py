@@ -66,7 +66,7 @@ class ScoringForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["metrics"].choices = [
+        self.fields["metrics"].choices = [  # type: ignore[attr-defined]
             (m["name"], m["name"] + ("" if m["available"] else " (weights missing)")) for m in metric_catalogue()
         ]
 

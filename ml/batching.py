@@ -92,8 +92,7 @@ def _score_with_backoff(
                 continue
             results.append((batch[0][0], Outcome(None, f"{type(exc).__name__}: {exc}")))
             continue
-        values = values.detach().float().cpu().tolist()
-        for (i, _), value in zip(batch, values, strict=True):
+        for (i, _), value in zip(batch, values.detach().float().cpu().tolist(), strict=True):
             finite = value == value and abs(value) != float("inf")
             results.append((i, Outcome(float(value)) if finite else Outcome(None, f"metric returned {value}")))
     return results

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import messages
@@ -78,7 +78,7 @@ def campaign_create(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
         try:
-            campaign = create_campaign(created_by=request.user, **data)
+            campaign = create_campaign(created_by=cast(User, request.user), **data)
         except Refused as error:
             form.add_error(None, error.message)
         else:
@@ -96,7 +96,7 @@ def annotator_rows(campaign: Campaign) -> list[dict[str, Any]]:
     }
     rows = []
     for m in Membership.objects.filter(campaign=campaign).select_related("annotator").order_by("annotator__username"):
-        s = stats.get(m.annotator_id, {})
+        s: dict[str, Any] = dict(stats.get(m.annotator_id, {}))
         rows.append({"membership": m, "judgments": s.get("n", 0), "mean_seconds": (s.get("mean_ms") or 0) / 1000})
     return rows
 

@@ -95,7 +95,12 @@ class Command(BaseCommand):
 
     def _campaigns(self, dataset: Dataset, users: dict[str, User]) -> None:
         annotators = [users["annotator1"], users["annotator2"]]
-        common = {"datasets": [dataset], "created_by": users["researcher"], "annotators": annotators, "min_confidence": 0.5}
+        common: dict[str, Any] = {
+            "datasets": [dataset],
+            "created_by": users["researcher"],
+            "annotators": annotators,
+            "min_confidence": 0.5,
+        }
         likert = create_campaign(
             name="Demo likert: rate face quality",
             protocol=Campaign.Protocol.LIKERT,
