@@ -145,7 +145,8 @@ class _Level:
         finite = np.isfinite(metric)
         order = np.argsort(metric, axis=1)
         metric_sorted = np.take_along_axis(metric, order, axis=1)
-        _, mask_group = np.unique(finite, axis=0, return_inverse=True)
+        patterns: dict[bytes, int] = {}
+        mask_group = np.array([patterns.setdefault(row.tobytes(), len(patterns)) for row in finite])
         if n * (n - 1) // 2 <= kendall_max_pairs:
             first, second = all_pairs(n)
             exhaustive = True
@@ -179,7 +180,7 @@ class _Level:
             prompt[order],
             finite.T.astype(np.float64),
             centred.T.copy(),
-            mask_group.ravel(),
+            mask_group,
             first,
             second,
             sign * valid,
@@ -775,6 +776,14 @@ def alignment_report(
     - ``reliability``: Krippendorff's α, split-half, leave-one-out per annotator, gold
       accuracy and self-consistency per annotator.
     - ``data``, ``settings``, ``timings_s``; ``replicates`` with ``return_replicates``.
+
+    Settings: ``n_boot`` resamples drawn from ``seed`` (same seed, same report, whatever
+    ``chunk`` or ``workers``); ``resample_annotators`` False resamples prompts only (narrower,
+    but misses annotator-to-annotator variation); ``kendall_max_pairs`` caps the τ-b pair
+    design of the bootstrap; ``gold_tolerance`` is the |rating − expected| counted as right
+    and as self-consistent; ``chunk`` sets the rows per sub-block (memory);
+    ``workers`` > 1 forks that many processes (not inside daemonic processes such as Celery
+    prefork children, where it runs inline).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -875,7 +884,14 @@ def alignment_report(
             resample_annotators=resample_annotators,
         )
     )
-    if workers > 1 and len(blocks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    # A daemonic process (a Celery prefork child) may not start children: run inline there.
+    if (
+        workers > 1
+        and len(blocks) > 1
+        and can_fork
+        and not multiprocessing.current_process().daemon
+    ):
         parts = _blocks_in_forked_workers(plan, blocks, workers, sub_rows)
     else:
         parts = [_block(plan, c, sub_rows) for c in blocks]
