@@ -112,7 +112,11 @@ def main() -> None:
         f"{len(METRICS)} metrics, {args.pairwise:,} pairwise judgments "
         f"(simulated in {time.perf_counter() - clock:.1f} s)"
     )
-    print(f"machine: {os.cpu_count()} CPUs, numpy {np.__version__}, scipy {scipy.__version__}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load} (other work slows every timing), "
+        f"numpy {np.__version__}, scipy {scipy.__version__}"
+    )
 
     clock = time.perf_counter()
     cpu_before = _cpu_seconds()
