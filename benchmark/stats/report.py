@@ -1,26 +1,30 @@
 """``alignment_report``: every number a report page shows, with two-way cluster bootstrap CIs.
 
 Algorithm (one pass per block of resamples; the point estimate is the block whose only row
-draws every prompt and every annotator once):
+draws every prompt and every annotator once, so points and replicates share one code path):
 
 1. Draw prompt counts (B, P) and annotator counts (B, A) from one seeded stream.
 2. Human mean per face in each resample, h = (W_a R) / (W_a N), with R, N the (A, F) rating-sum
-   and count tables: one matrix product for the whole block (float32 when that is exact:
-   integer ratings and small sums; float64 otherwise).
+   and count tables: one matrix product per block of 64 resamples (float32 when that is
+   exact: integer ratings and small sums; float64 otherwise).
 3. Face weight = count of its prompt (zero if no drawn annotator rated it); image level: the
    mean of its faces' means, weight = count of its prompt.
-4. Per level and metric: frequency-weighted Pearson, Spearman (weighted mid-ranks: one sort of h
-   per row shared by all metrics; the metric's order is fixed, so its ranks are a cumulative sum)
-   and Kendall τ-b over a pair design (all pairs when there are at most ``kendall_max_pairs``,
-   otherwise a fixed seeded random sample of pairs — an incomplete U-statistic; the point
-   estimate is always exact (scipy) and the interval is point + (replicate − design estimate)
-   quantiles).
+4. Per level and metric, frequency-weighted (so a replicate equals scipy on the materialised
+   resample): Pearson from weighted moments, all metrics in a few matrix products; Spearman
+   from weighted mid-ranks (one sort of h per row shared by all metrics; the metric's order
+   never changes, so its ranks are a running sum of prompt counts); Kendall τ-b over a pair
+   design — all pairs when there are at most ``kendall_max_pairs``, otherwise a fixed seeded
+   sample of pairs (an incomplete U-statistic) whose extra spread is removed with the
+   covariance of its two halves (``_design_corrected``); the point τ-b is always exact.
 5. Pairwise accuracy with tie calibration on within-prompt face pairs (labels from h) and on
    the pairwise campaign (labels from judgments; weight = prompt count × annotator count).
 6. DM level: human mean per DM and Bradley–Terry-with-ties strengths from the campaign, against
    each metric's mean per DM (Spearman and Kendall across DMs).
 7. Human ceiling (leave-one-out per annotator; CI by resampling annotators), split-half,
    Krippendorff's α, gold accuracy and self-consistency.
+8. Intervals: replicate percentiles centred on the point estimate (``bootstrap.interval``
+   says why), and for every column the interval of each metric-minus-metric difference.
+
 Blocks run in this process, or with ``workers`` > 1 in forked worker processes.
 """
 
