@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,9 +34,13 @@ from benchmark.dashboard import campaign_dashboard
 from benchmark.models import MetricVersion, Report
 from benchmark.reports import (
     AGGREGATIONS,
+    COLUMN_LABELS,
     CSV_COLUMNS,
     DEFAULT_SETTINGS,
     ReportRefused,
+    ci_text,
+    format_number,
+    negated,
     number_rows,
     rebuild_report,
     start_report_job,
@@ -45,23 +48,6 @@ from benchmark.reports import (
 from benchmark.snapshots import start_export_job
 from benchmark.views import IsResearcher
 from jobs.models import Job
-
-COLUMN_LABELS = {
-    "face_spearman": "Spearman ρ (face)",
-    "face_kendall": "Kendall τ-b (face)",
-    "face_pearson": "Pearson r (face)",
-    "image_spearman": "Spearman ρ (image)",
-    "image_kendall": "Kendall τ-b (image)",
-    "image_pearson": "Pearson r (image)",
-    "likert_pairs_accuracy_with_ties": "Pair accuracy with ties (from ratings)",
-    "likert_pairs_accuracy_without_ties": "Pair accuracy, no ties (from ratings)",
-    "campaign_accuracy_with_ties": "Pair accuracy with ties (pairwise)",
-    "campaign_accuracy_without_ties": "Pair accuracy, no ties (pairwise)",
-    "dm_spearman_vs_human_mean": "DM Spearman vs human mean",
-    "dm_kendall_vs_human_mean": "DM Kendall vs human mean",
-    "dm_spearman_vs_bradley_terry": "DM Spearman vs Bradley–Terry",
-    "dm_kendall_vs_bradley_terry": "DM Kendall vs Bradley–Terry",
-}
 
 
 def _require_researcher(request: HttpRequest) -> None:
@@ -82,34 +68,6 @@ def _campaign_for_researcher(request: HttpRequest, pk: int) -> Campaign:
 def _export_job_for_researcher(request: HttpRequest, pk: int) -> Job:
     _require_researcher(request)
     return get_object_or_404(Job, pk=pk, kind=Job.Kind.EXPORT)
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    return (
-        f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
-    )
-
-
-def ci_text(ci: Mapping[str, Any] | None) -> str:
-    """ "0.781 [0.652, 0.882]": a point with its interval, "–" where there is none."""
-    if not ci or ci.get("point") is None:
-        return "–"
-    if ci.get("low") is None:
-        return _num(ci["point"])
-    return f"{_num(ci['point'])} [{_num(ci['low'])}, {_num(ci['high'])}]"
-
-
-def negated(ci: Mapping[str, Any]) -> dict[str, Any]:
-    """The interval of −x from that of x (low and high swap)."""
-
-    def flip(v: Any) -> Any:
-        return None if v is None else -v
-
-    return {
-        "point": flip(ci.get("point")),
-        "low": flip(ci.get("high")),
-        "high": flip(ci.get("low")),
-    }
 
 
 # --- pages: reports --------------------------------------------------------------------------
@@ -242,8 +200,8 @@ def reliability_context(results: Mapping[str, Any]) -> dict[str, Any]:
         rows.append(
             {
                 "annotator": alias,
-                "loo_spearman": _num((loo.get("spearman") or [None] * len(annotators))[a]),
-                "self_consistency": _num(
+                "loo_spearman": format_number((loo.get("spearman") or [None] * len(annotators))[a]),
+                "self_consistency": format_number(
                     (self_consistency.get("value") or [None] * len(annotators))[a]
                 ),
                 "gold": f"{g['gold_correct']} / {g['gold_judged']}"
@@ -254,9 +212,9 @@ def reliability_context(results: Mapping[str, Any]) -> dict[str, Any]:
         )
     split = likert.get("split_half", {})
     return {
-        "alpha_ordinal": _num(likert.get("krippendorff_alpha_ordinal")),
-        "alpha_interval": _num(likert.get("krippendorff_alpha_interval")),
-        "split_half": _num(split.get("spearman_spearman_brown")),
+        "alpha_ordinal": format_number(likert.get("krippendorff_alpha_ordinal")),
+        "alpha_interval": format_number(likert.get("krippendorff_alpha_interval")),
+        "split_half": format_number(split.get("spearman_spearman_brown")),
         "has_likert": bool(likert),
         "rows": rows,
     }
@@ -281,7 +239,7 @@ def breakdown_tables(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 {
                     "label": block["label"],
                     "n_faces": block["n_faces"],
-                    "human": _num(block.get("human_mean"), 2),
+                    "human": format_number(block.get("human_mean"), 2),
                     "cells": cells,
                 }
             )
@@ -448,7 +406,7 @@ def campaign_dashboard_page(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "campaign": campaign,
             "d": data,
-            "alpha": _num(data["alpha"]["value"]),
+            "alpha": format_number(data["alpha"]["value"]),
             "exports": exports,
         },
     )
@@ -468,7 +426,9 @@ def export_job(request: HttpRequest, pk: int) -> HttpResponse:
     campaign = Campaign.objects.filter(pk=job.config.get("campaign_id")).first()
     # A list, not the dict: the template language would read rows.items as the "items" table.
     tables = sorted((job.result.get("rows") or {}).items())
-    return render(request, "benchmark/export_job.html", {"job": job, "campaign": campaign, "tables": tables})
+    return render(
+        request, "benchmark/export_job.html", {"job": job, "campaign": campaign, "tables": tables}
+    )
 
 
 def _snapshot_file(job: Job) -> FileResponse:

@@ -706,6 +706,52 @@ def run_report_job(job_id: int) -> dict[str, Any]:
 # --- reading results -----------------------------------------------------------------------
 
 
+COLUMN_LABELS = {
+    "face_spearman": "Spearman ρ (face)",
+    "face_kendall": "Kendall τ-b (face)",
+    "face_pearson": "Pearson r (face)",
+    "image_spearman": "Spearman ρ (image)",
+    "image_kendall": "Kendall τ-b (image)",
+    "image_pearson": "Pearson r (image)",
+    "likert_pairs_accuracy_with_ties": "Pair accuracy with ties (from ratings)",
+    "likert_pairs_accuracy_without_ties": "Pair accuracy, no ties (from ratings)",
+    "campaign_accuracy_with_ties": "Pair accuracy with ties (pairwise)",
+    "campaign_accuracy_without_ties": "Pair accuracy, no ties (pairwise)",
+    "dm_spearman_vs_human_mean": "DM Spearman vs human mean",
+    "dm_kendall_vs_human_mean": "DM Kendall vs human mean",
+    "dm_spearman_vs_bradley_terry": "DM Spearman vs Bradley–Terry",
+    "dm_kendall_vs_bradley_terry": "DM Kendall vs Bradley–Terry",
+}
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    return (
+        f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+    )
+
+
+def ci_text(ci: Mapping[str, Any] | None) -> str:
+    """ "0.781 [0.652, 0.882]": a point with its interval, "–" where there is none."""
+    if not ci or ci.get("point") is None:
+        return "–"
+    if ci.get("low") is None:
+        return format_number(ci["point"])
+    return f"{format_number(ci['point'])} [{format_number(ci['low'])}, {format_number(ci['high'])}]"
+
+
+def negated(ci: Mapping[str, Any]) -> dict[str, Any]:
+    """The interval of −x from that of x (low and high swap)."""
+
+    def flip(v: Any) -> Any:
+        return None if v is None else -v
+
+    return {
+        "point": flip(ci.get("point")),
+        "low": flip(ci.get("high")),
+        "high": flip(ci.get("low")),
+    }
+
+
 CSV_COLUMNS = ["section", "metric", "statistic", "subject", "field", "value", "path"]
 
 
