@@ -2,7 +2,16 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from annotator.models import Assignment, Campaign, Dataset, Face, Generation, Item, Judgment, Membership
+from annotator.models import (
+    Assignment,
+    Campaign,
+    Dataset,
+    Face,
+    Generation,
+    Item,
+    Judgment,
+    Membership,
+)
 
 
 @admin.register(Dataset)

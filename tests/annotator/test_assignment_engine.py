@@ -9,7 +9,13 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotator.assignment import Refused, claim_items, skip_item, submit_judgment, undo_last_judgment
+from annotator.assignment import (
+    Refused,
+    claim_items,
+    skip_item,
+    submit_judgment,
+    undo_last_judgment,
+)
 from annotator.campaigns import add_gold_items, create_campaign, resume_annotator
 from annotator.models import Assignment, Campaign, Item, Judgment, Membership
 from tests.factories import make_dataset

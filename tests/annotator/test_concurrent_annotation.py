@@ -42,7 +42,7 @@ def _annotate_until_done(campaign, user, barrier: threading.Barrier, seed: int) 
                 if rng.random() < 0.3:
                     # The same submit twice at once (a retry racing the original).
                     with ThreadPoolExecutor(2) as pool:
-                        results = list(pool.map(lambda _: _submit_closing(kwargs), range(2)))
+                        results = list(pool.map(_submit_closing, [kwargs, kwargs]))
                     assert sorted(r.created for r in results) == [False, True]
                     assert results[0].judgment.pk == results[1].judgment.pk
                     result = results[0]
