@@ -39,14 +39,17 @@ def test_resample_counts_do_not_depend_on_the_chunk_size() -> None:
     assert (one_prompt.sum(axis=1) == 17).all() and (one_annotator.sum(axis=1) == 9).all()
 
 
-@pytest.mark.parametrize("likert_scale", [True, False])
+@pytest.mark.parametrize(
+    ("likert_scale", "n_annotators"),
+    [(True, 12), (False, 12), (True, 40)],  # 40 annotators: the sparse human-mean product
+)
 def test_a_bootstrap_replicate_equals_scipy_on_the_materialised_resample(
-    likert_scale: bool,
+    likert_scale: bool, n_annotators: int
 ) -> None:
     """Draw prompts and annotators, copy the data for real, and compare with scipy."""
     study = simulate_study(
         n_prompts=25,
-        n_annotators=12,
+        n_annotators=n_annotators,
         judgments_per_face=3,
         round_to_likert=likert_scale,  # continuous ratings: float32 sort keys can collide
         seed=11,
@@ -63,7 +66,7 @@ def test_a_bootstrap_replicate_equals_scipy_on_the_materialised_resample(
         return_replicates=True,
     )
     prompt_counts, annotator_counts = _blocks(
-        4, n_prompts=faces.n_prompts, n_annotators=12, n_boot=6, seed=5
+        4, n_prompts=faces.n_prompts, n_annotators=n_annotators, n_boot=6, seed=5
     )
     for b in range(6):
         # Each drawn annotator copy re-judges; a face's mean over the copies is weighted by w_a.
