@@ -180,6 +180,16 @@ class _Level:
             second = rng.integers(0, n - 1, kendall_max_pairs)
             second += second >= first  # uniform over j ≠ i
             exhaustive = False
+            # The halves must be random subsets of the design (their covariance estimates
+            # the complete statistic's variance); draw them, then sort the pairs by their
+            # first unit so that half of the per-resample gathers read memory in order.
+            in_first_half = np.arange(kendall_max_pairs) < kendall_max_pairs // 2
+            by_first = np.argsort(first, kind="stable")
+            first, second, in_first_half = (
+                first[by_first],
+                second[by_first],
+                in_first_half[by_first],
+            )
         with np.errstate(invalid="ignore"):
             centred = np.where(finite, metric - np.nanmean(metric, axis=1, keepdims=True), 0.0)
         has_ties = np.array(
@@ -190,7 +200,7 @@ class _Level:
             sign = np.nan_to_num(np.sign(metric[:, first] - metric[:, second])).T * valid
         if not exhaustive:
             # Two halves of the design side by side: (K, 2M), zero outside each half.
-            half = (np.arange(len(first)) < len(first) // 2)[:, None]
+            half = in_first_half[:, None]
             sign = np.concatenate([sign * half, sign * ~half], axis=1)
             valid = np.concatenate([valid * half, valid * ~half], axis=1)
         return cls(
