@@ -45,6 +45,7 @@ class World:
     job: int
     scoring_job: int
     member_username: str
+    member_id: int
 
 
 @pytest.fixture
@@ -73,6 +74,7 @@ def world(annotator, annotator2, researcher) -> World:
         job=job.pk,
         scoring_job=scoring.pk,
         member_username=annotator.username,
+        member_id=annotator.pk,
     )
 
 
@@ -128,7 +130,7 @@ RULES: dict[str, Rule] = {
     "campaign-create": Rule("get", lambda w: "/research/campaigns/new/", RESEARCH),
     "campaign-detail": Rule("get", lambda w: f"/research/campaigns/{_c(w)}/", RESEARCH),
     "campaign-status": Rule("post", lambda w: f"/research/campaigns/{_c(w)}/status/", RESEARCH),
-    "campaign-resume-annotator": Rule("post", lambda w: f"/research/campaigns/{_c(w)}/annotators/1/resume/", RESEARCH),
+    "campaign-resume-annotator": Rule("post", lambda w: f"/research/campaigns/{_c(w)}/annotators/{w.member_id}/resume/", RESEARCH),
     "campaign-export": Rule("get", lambda w: f"/research/campaigns/{_c(w)}/export.csv", RESEARCH),
     "datasets": Rule("get", lambda w: "/datasets/", RESEARCH),
     "dataset-upload": Rule("get", lambda w: "/datasets/upload/", RESEARCH),
