@@ -407,6 +407,41 @@ def _human_face_means(plan: _Plan, counts: ResampleCounts) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def _rho(s_mh: np.ndarray, s_mm: np.ndarray, s_hh: np.ndarray, total: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = s_mh / np.sqrt(s_mm * s_hh)
+    value[~((s_mm > 0) & (s_hh > 0) & (total > 1))] = np.nan
+    return np.clip(value, -1.0, 1.0)
+
+
+def _spearman_untied_prompt_weights(
+    level: _Level,
+    m: int,
+    small_counts: np.ndarray,
+    weight: np.ndarray,
+    weighted_rank_h: np.ndarray,
+    s_hh: np.ndarray,
+) -> np.ndarray:
+    """ρ of metric m when its values are untied and every unit's weight is its prompt count.
+
+    In the metric's order the mid-rank of unit i is r_i = C_i − (w_i − 1)/2, C the running sum
+    of the weights (an int8 → int32 cumsum, vectorised, from the L1-resident prompt counts).
+    Then, with W = Σ w and everything else shared by all metrics of the level,
+      Σ w r² = W(W+1)(2W+1)/6 − Σ (w³ − w)/12              (copies of a unit tie together)
+      Σ w r h = Σ_j (w h)_j C_j − ½ (Σ w² h − W(W+1)/2)    (h: the human mid-ranks)
+    so a metric costs one gather of (w h), one running sum and one dot product.
+    """
+    counts_sorted = _take(small_counts, level.prompt_sorted[m])
+    running = np.cumsum(counts_sorted, axis=1, dtype=np.int32)
+    total = weight.sum(axis=1)
+    centre = total * (total + 1.0) ** 2 / 4.0
+    s_mm = total * (total + 1.0) * (2.0 * total + 1.0) / 6.0
+    s_mm -= ((weight**3).sum(axis=1) - total) / 12.0
+    cross = np.einsum("ij,ij->i", _take(weighted_rank_h, level.order[m]), running)
+    cross -= 0.5 * (_row_dot(weight, weighted_rank_h) - total * (total + 1.0) / 2.0)
+    return _rho(cross - centre, s_mm - centre, s_hh - centre, total)
+
+
 def _correlations(
     level: _Level,
     human: np.ndarray,
@@ -456,43 +491,39 @@ def _correlations(
     order_h, human_sorted, level.packed_sort = _argsort_rows(
         np.where(valid, human, np.inf), level.packed_sort
     )
-    ranks_h: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    ranks_h: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     rho = np.full((n_metrics, rows), np.nan)
     for m in range(n_metrics):
         group = int(level.mask_group[m])
         w = base * level.finite[m] if not level.finite[m].all() else base
         if group not in ranks_h:
             rank = _put(ranks_in_sorted_order(human_sorted, _take(w, order_h)), order_h)
-            ranks_h[group] = (rank, _row_dot(w * rank, rank))
-        rank_h, s_hh = ranks_h[group]
-        cum = None
-        if all_valid and level.finite[m].all():
-            # Weights are the prompt counts: gather them from the short (rows, P) table,
-            # which stays in L1, instead of from the (rows, N) one; as int8 when they fit,
-            # because an int8 → int32 running sum is vectorised and a float one is not.
-            if small_counts is not None:
-                counts_sorted = _take(small_counts, level.prompt_sorted[m])
-                cum = np.cumsum(counts_sorted, axis=1, dtype=np.int32)
-                w_sorted = counts_sorted.astype(np.float64)
-            else:
-                w_sorted = _take(prompt_counts, level.prompt_sorted[m])
-        else:
-            w_sorted = _take(w, level.order[m])
+            weighted = w * rank
+            ranks_h[group] = (rank, weighted, _row_dot(weighted, rank))
+        rank_h, weighted_rank_h, s_hh = ranks_h[group]
+        if (
+            all_valid
+            and level.finite[m].all()
+            and not level.metric_has_ties[m]
+            and small_counts is not None
+        ):
+            rho[m] = _spearman_untied_prompt_weights(
+                level, m, small_counts, base, weighted_rank_h, s_hh
+            )
+            continue
+        w_sorted = _take(w, level.order[m])
         if level.metric_has_ties[m]:
             rank_m = ranks_in_sorted_order(level.metric_sorted[m][None, :], w_sorted)
         else:
             # No ties between units: only the copies of one unit tie with each other.
-            rank_m = np.cumsum(w_sorted, axis=1) if cum is None else cum.astype(np.float64)
+            rank_m = np.cumsum(w_sorted, axis=1)
             rank_m -= (w_sorted - 1.0) / 2.0
         total = w_sorted.sum(axis=1)
         weighted_rank = w_sorted * rank_m
         centre = total * (total + 1.0) ** 2 / 4.0
         s_mm = _row_dot(weighted_rank, rank_m) - centre
         s_mh = _row_dot(weighted_rank, _take(rank_h, level.order[m])) - centre
-        with np.errstate(invalid="ignore", divide="ignore"):
-            value = s_mh / np.sqrt(s_mm * (s_hh - centre))
-        value[~((s_mm > 0) & (s_hh - centre > 0) & (total > 1))] = np.nan
-        rho[m] = np.clip(value, -1.0, 1.0)
+        rho[m] = _rho(s_mh, s_mm, s_hh - centre, total)
     out[(level.name, "spearman")] = rho
 
     # τ-b for all metrics at once: three (rows, K) @ (K, M) products.

@@ -40,18 +40,22 @@ def test_resample_counts_do_not_depend_on_the_chunk_size() -> None:
 
 
 @pytest.mark.parametrize(
-    ("likert_scale", "n_annotators"),
-    [(True, 12), (False, 12), (True, 40)],  # 40 annotators: the sparse human-mean product
+    ("likert_scale", "n_annotators", "judgments_per_face"),
+    [
+        (True, 12, 3),  # some faces lose all their annotators in a resample
+        (False, 12, 3),  # continuous ratings: float32 sort keys can collide
+        (True, 40, 8),  # sparse human-mean product; every face keeps a rating (fast ρ path)
+    ],
 )
 def test_a_bootstrap_replicate_equals_scipy_on_the_materialised_resample(
-    likert_scale: bool, n_annotators: int
+    likert_scale: bool, n_annotators: int, judgments_per_face: int
 ) -> None:
     """Draw prompts and annotators, copy the data for real, and compare with scipy."""
     study = simulate_study(
         n_prompts=25,
         n_annotators=n_annotators,
-        judgments_per_face=3,
-        round_to_likert=likert_scale,  # continuous ratings: float32 sort keys can collide
+        judgments_per_face=judgments_per_face,
+        round_to_likert=likert_scale,
         seed=11,
     )
     faces, likert = study.faces, study.likert
