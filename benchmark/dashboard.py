@@ -70,7 +70,7 @@ def campaign_dashboard(campaign: Campaign, *, now: datetime | None = None) -> di
     ):
         times.setdefault(annotator_id, []).append(ms)
     per_annotator = []
-    stats_by_user = {
+    stats_by_user: dict[int, Any] = {
         row["annotator_id"]: row
         for row in judgments.values("annotator_id").annotate(
             n=Count("id"),

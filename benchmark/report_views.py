@@ -128,7 +128,13 @@ def report_list(request: HttpRequest) -> HttpResponse:
     reports = Report.objects.select_related("job", "created_by").prefetch_related(
         "campaigns", "metric_versions"
     )[:50]
-    return render(request, "benchmark/report_list.html", {"reports": reports, "form": form})
+    # Refresh while a report is being built, so it turns "ready" without a reload.
+    building = any(r.job and not r.job.is_finished for r in reports)
+    return render(
+        request,
+        "benchmark/report_list.html",
+        {"reports": reports, "form": form, "building": building},
+    )
 
 
 def headline_table(results: Mapping[str, Any]) -> dict[str, Any]:

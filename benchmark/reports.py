@@ -61,15 +61,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # Breakdowns run the engine once per subset; fewer resamples keep a report's cost bounded.
     "breakdown_n_boot": 200,
 }
-OUTCOME = {
+OUTCOME: dict[str, stats.PairOutcome] = {
     Judgment.Choice.LEFT: stats.PairOutcome.LEFT,
     Judgment.Choice.RIGHT: stats.PairOutcome.RIGHT,
     Judgment.Choice.TIE: stats.PairOutcome.TIE,
     Judgment.Choice.BOTH_BAD: stats.PairOutcome.BOTH_BAD,
-}
-SWAPPED = {
-    stats.PairOutcome.LEFT: stats.PairOutcome.RIGHT,
-    stats.PairOutcome.RIGHT: stats.PairOutcome.LEFT,
 }
 SIZE_BINS = ("small", "medium", "large")
 
@@ -222,20 +218,23 @@ def gather_inputs(
         likert = stats.LikertJudgments(
             face=[code[r[2]] for r in likert_rows],
             annotator=[annotator_code[r[0]] for r in likert_rows],
-            rating=[float(r[6]) for r in likert_rows],
+            rating=[float(r[6] or 0) for r in likert_rows],  # None was filtered out above
         )
     pairwise = None
     if pair_rows:
-        left, right, outcome = [], [], []
+        shown_left: list[int] = []
+        shown_right: list[int] = []
+        outcome: list[int] = []
         for r in pair_rows:
+            # Choices are relative to what the annotator saw; the item stores the shown order.
             shown_swapped = r[5] is not None and r[5] == r[4]
-            a, b = (r[4], r[3]) if shown_swapped else (r[3], r[4])
-            left.append(code[a])
-            right.append(code[b])
+            first, second = (r[4], r[3]) if shown_swapped else (r[3], r[4])
+            shown_left.append(code[first])
+            shown_right.append(code[second])
             outcome.append(int(OUTCOME[r[7]]))
         pairwise = stats.PairwiseJudgments(
-            left_face=left,
-            right_face=right,
+            left_face=shown_left,
+            right_face=shown_right,
             annotator=[annotator_code[r[0]] for r in pair_rows],
             outcome=outcome,
         )
@@ -349,7 +348,7 @@ def _aggregated_face_values(
 ) -> np.ndarray:
     """Per face: ``aggregation`` of the metric over all scored faces of its generation."""
     wanted = {int(g) for g in generation_ids}
-    per_generation: dict[int, list[tuple[float, float]]] = {}
+    per_generation: dict[int, list[tuple[float, float]]] = {}  # generation -> (value, size)
     scores = (
         Score.objects.filter(metric_version=version, face__isnull=False, value__isnull=False)
         .filter(
@@ -361,8 +360,8 @@ def _aggregated_face_values(
         .values_list("face__generation_id", "value", "face__x0", "face__y0", "face__x1", "face__y1")
     )
     for generation, value, x0, y0, x1, y1 in scores:
-        if generation in wanted:
-            per_generation.setdefault(generation, []).append((value, min(x1 - x0, y1 - y0)))
+        if generation in wanted and value is not None:
+            per_generation.setdefault(generation, []).append((float(value), min(x1 - x0, y1 - y0)))
     aggregate: dict[int, float] = {}
     for generation, pairs in per_generation.items():
         if aggregation == "min":
