@@ -26,7 +26,7 @@ from annotator import assignment as engine
 from annotator import campaigns as campaign_services
 from annotator.exports import FORMATS, judgment_export_response
 from annotator.models import Assignment, Campaign, Face, Generation, Judgment, Membership
-from annotator.roles import is_annotator, is_researcher
+from annotator.roles import IsResearcher, is_annotator, is_researcher
 from annotator.serializers import (
     AnnotatorCampaignSerializer,
     CampaignSerializer,
@@ -42,13 +42,6 @@ from annotator.serializers import (
     ResearcherJudgmentSerializer,
     item_for_annotator,
 )
-
-
-class IsResearcher(permissions.BasePermission):
-    message = "Only researchers and admins can do this."
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return is_researcher(request.user)
 
 
 def _user(request: Request) -> User:

@@ -116,6 +116,20 @@ class Campaign(models.Model):
         PAUSED = "paused"
         FINISHED = "finished"
 
+    # What a researcher sets when making a campaign (form, API and admin alike).
+    SETTINGS = (
+        "name",
+        "protocol",
+        "instructions",
+        "overlap_k",
+        "gold_share",
+        "gold_tolerance",
+        "pause_threshold",
+        "pause_min_gold",
+        "lease_seconds",
+        "blind",
+    )
+
     name = models.CharField(max_length=200)
     protocol = models.CharField(max_length=16, choices=Protocol.choices)
     instructions = models.TextField(blank=True, default="")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
+from rest_framework import permissions
+
 ANNOTATOR = "annotator"
 RESEARCHER = "researcher"
 ROLES = (ANNOTATOR, RESEARCHER)
@@ -32,3 +35,18 @@ def is_annotator(user: Any) -> bool:
 
 def is_admin(user: Any) -> bool:
     return bool(user.is_authenticated and user.is_staff)
+
+
+def require_researcher(request: Any) -> None:
+    """Page access check: researchers and admins pass, everyone else gets 403."""
+    if not is_researcher(request.user):
+        raise PermissionDenied("Only researchers and admins can see this page.")
+
+
+class IsResearcher(permissions.BasePermission):
+    """API access check: researchers and admins."""
+
+    message = "Only researchers and admins can do this."
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return is_researcher(request.user)

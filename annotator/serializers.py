@@ -149,16 +149,7 @@ class CampaignSerializer(serializers.ModelSerializer):
         model = Campaign
         fields = [
             "id",
-            "name",
-            "protocol",
-            "instructions",
-            "overlap_k",
-            "gold_share",
-            "gold_tolerance",
-            "pause_threshold",
-            "pause_min_gold",
-            "lease_seconds",
-            "blind",
+            *Campaign.SETTINGS,
             "status",
             "datasets",
             "annotators",

@@ -8,7 +8,6 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -21,23 +20,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotator.models import Dataset, Generation
-from annotator.roles import is_researcher
+from annotator.roles import IsResearcher, require_researcher
 from benchmark.models import MetricVersion, Score, ScoringChunk
 from benchmark.scoring import ScoringRefused, resume_scoring_job, start_scoring_job
 from jobs.models import Job
 from ml import metrics as metric_zoo
-
-
-def _require_researcher(request: HttpRequest) -> None:
-    if not is_researcher(request.user):
-        raise PermissionDenied("Only researchers and admins can see metrics and scores.")
-
-
-class IsResearcher(permissions.BasePermission):
-    message = "Only researchers and admins can see metrics and scores."
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return is_researcher(request.user)
 
 
 def metric_catalogue() -> list[dict[str, Any]]:
@@ -77,7 +64,7 @@ def _scoring_jobs() -> QuerySet[Job]:
 
 @login_required
 def metric_list(request: HttpRequest) -> HttpResponse:
-    _require_researcher(request)
+    require_researcher(request)
     form = ScoringForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -105,7 +92,7 @@ def metric_list(request: HttpRequest) -> HttpResponse:
 
 
 def _scoring_job(request: HttpRequest, pk: int) -> Job:
-    _require_researcher(request)
+    require_researcher(request)
     return get_object_or_404(Job, pk=pk, kind=Job.Kind.SCORE)
 
 

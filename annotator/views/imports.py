@@ -34,7 +34,7 @@ from rest_framework.views import APIView
 from annotator.detection import start_detection_job
 from annotator.imports import ImportRejected, start_import_job
 from annotator.models import Dataset, Face, Generation
-from annotator.roles import is_researcher
+from annotator.roles import IsResearcher, is_researcher, require_researcher
 from jobs.models import Job
 from ml.faces.crops import crop_face
 
@@ -47,12 +47,6 @@ FACE_CROP_MAX_SIDE = 512
 # --- access ----------------------------------------------------------------------------------
 
 
-def _check_researcher(request: HttpRequest) -> None:
-    """Pages of this module are for researchers and admins; everyone else gets 403."""
-    if not is_researcher(request.user):
-        raise PermissionDenied("Only researchers and admins can manage datasets.")
-
-
 def _may_see_job(user: Any, job: Job) -> bool:
     return is_researcher(user) or (user.is_authenticated and job.created_by_id == user.pk)
 
@@ -62,13 +56,6 @@ def _get_job_for_user(request: HttpRequest, pk: int) -> Job:
     if not _may_see_job(request.user, job):
         raise PermissionDenied("Only researchers and the job's creator can see this job.")
     return job
-
-
-class IsResearcherPermission(permissions.BasePermission):
-    message = "Only researchers and admins can do this."
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return is_researcher(request.user)
 
 
 # --- reads -------------------------------------------------------------------------------------
@@ -110,7 +97,7 @@ def dataset_jobs(dataset: Dataset) -> QuerySet[Job]:
 
 @login_required
 def dataset_list(request: HttpRequest) -> HttpResponse:
-    _check_researcher(request)
+    require_researcher(request)
     datasets = list(datasets_with_counts())
     latest = last_import_jobs([d.pk for d in datasets])
     rows = [
@@ -126,7 +113,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    _check_researcher(request)
+    require_researcher(request)
     dataset = get_object_or_404(datasets_with_counts(), pk=pk)
     generations = dataset.generations.annotate(n_faces=Count("faces")).order_by("id")
     page = Paginator(generations, THUMBNAILS_PER_PAGE).get_page(request.GET.get("page"))
@@ -150,7 +137,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def dataset_detect(request: HttpRequest, pk: int) -> HttpResponse:
-    _check_researcher(request)
+    require_researcher(request)
     dataset = get_object_or_404(Dataset, pk=pk)
     job = start_detection_job(dataset=dataset, created_by=request.user)
     messages.info(request, f"Face detection queued for {dataset.name} (job {job.pk}).")
@@ -217,7 +204,7 @@ def _start_upload(*, dataset_name: str, user: Any, **files: Any) -> Job:
 
 @login_required
 def dataset_upload(request: HttpRequest) -> HttpResponse:
-    _check_researcher(request)
+    require_researcher(request)
     initial = {}
     if request.GET.get("dataset"):
         initial["dataset_name"] = (
@@ -297,13 +284,13 @@ def face_crop_response(face: Face) -> HttpResponseBase:
 # (annotator/views/annotate.py), so ids never let them browse a dataset or line images up by DM.
 @login_required
 def generation_image(request: HttpRequest, pk: int) -> HttpResponseBase:
-    _check_researcher(request)
+    require_researcher(request)
     return generation_image_response(get_object_or_404(Generation.objects.only("id", "image"), pk=pk))
 
 
 @login_required
 def face_crop(request: HttpRequest, pk: int) -> HttpResponseBase:
-    _check_researcher(request)
+    require_researcher(request)
     return face_crop_response(get_object_or_404(Face.objects.select_related("generation"), pk=pk))
 
 
@@ -406,7 +393,7 @@ def _datasets_api_queryset() -> QuerySet[Dataset]:
 
 
 class DatasetListCreateAPI(generics.ListCreateAPIView):
-    permission_classes = [permissions.IsAuthenticated, IsResearcherPermission]
+    permission_classes = [permissions.IsAuthenticated, IsResearcher]
     serializer_class = DatasetSerializer
 
     def get_queryset(self) -> QuerySet[Dataset]:
@@ -437,7 +424,7 @@ class DatasetListCreateAPI(generics.ListCreateAPIView):
 
 
 class DatasetDetailAPI(generics.RetrieveAPIView):
-    permission_classes = [permissions.IsAuthenticated, IsResearcherPermission]
+    permission_classes = [permissions.IsAuthenticated, IsResearcher]
     serializer_class = DatasetSerializer
 
     def get_queryset(self) -> QuerySet[Dataset]:
@@ -449,7 +436,7 @@ class DatasetDetailAPI(generics.RetrieveAPIView):
 
 
 class DatasetImportAPI(APIView):
-    permission_classes = [permissions.IsAuthenticated, IsResearcherPermission]
+    permission_classes = [permissions.IsAuthenticated, IsResearcher]
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(

@@ -8,7 +8,6 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied
 from django.db.models import Avg, Count, Q
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,16 +18,11 @@ from annotator.assignment import Refused
 from annotator.campaigns import create_campaign, resume_annotator
 from annotator.exports import FORMATS, judgment_export_response
 from annotator.models import Campaign, Dataset, Judgment, Membership
-from annotator.roles import ANNOTATOR, is_researcher
-
-
-def _require_researcher(request: HttpRequest) -> None:
-    if not is_researcher(request.user):
-        raise PermissionDenied("Only researchers and admins can see this page.")
+from annotator.roles import ANNOTATOR, require_researcher
 
 
 def _get_campaign_for_researcher(request: HttpRequest, pk: int) -> Campaign:
-    _require_researcher(request)
+    require_researcher(request)
     return get_object_or_404(Campaign, pk=pk)
 
 
@@ -46,23 +40,12 @@ class CampaignForm(forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = [
-            "name",
-            "protocol",
-            "instructions",
-            "overlap_k",
-            "gold_share",
-            "gold_tolerance",
-            "pause_threshold",
-            "pause_min_gold",
-            "lease_seconds",
-            "blind",
-        ]
+        fields = Campaign.SETTINGS
 
 
 @login_required
 def campaign_list(request: HttpRequest) -> HttpResponse:
-    _require_researcher(request)
+    require_researcher(request)
     campaigns = Campaign.objects.annotate(
         n_items=Count("items", filter=Q(items__is_gold=False), distinct=True),
         n_annotators=Count("memberships", distinct=True),
@@ -73,7 +56,7 @@ def campaign_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def campaign_create(request: HttpRequest) -> HttpResponse:
-    _require_researcher(request)
+    require_researcher(request)
     form = CampaignForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
