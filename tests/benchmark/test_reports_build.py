@@ -132,3 +132,8 @@ def test_pairwise_campaign_report(db):
     assert results["headline"]["best"]["campaign_accuracy_with_ties"] == metric_name(world.tracks)
     assert results["faces"]["human_score"] == "share of comparisons won"
     assert results["counts"]["pairwise_judgments"] > 0
+    # Every figure draws for a pairwise-only report too (the forest plot shows its accuracies).
+    from benchmark.figures import figure_names, render_figure
+
+    for name in figure_names(results):
+        assert render_figure(results, name, "svg").startswith(b"<?xml")

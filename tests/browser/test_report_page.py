@@ -89,5 +89,3 @@ def test_report_page_renders_without_javascript(
     expect(page.locator("#leaderboard").get_by_role("row")).to_have_count(1 + 3)
     expect(page.locator("#comparison")).to_contain_text("a − b")
     page.screenshot(path=str(shots / "report.png"))
-    if os.getenv("FACEBENCH_REVIEW_FULL"):
-        page.screenshot(path=os.environ["FACEBENCH_REVIEW_FULL"], full_page=True)
