@@ -25,7 +25,7 @@ from rest_framework.routers import DefaultRouter
 from annotator import assignment as engine
 from annotator import campaigns as campaign_services
 from annotator.exports import FORMATS, judgment_export_response
-from annotator.models import Assignment, Campaign, Face, Generation, Judgment, Membership
+from annotator.models import Campaign, Face, Generation, Judgment, Membership
 from annotator.roles import IsResearcher, is_annotator, is_researcher
 from annotator.serializers import (
     AnnotatorCampaignSerializer,
@@ -58,18 +58,6 @@ def _member_campaign(request: Request, pk: int) -> Campaign:
     if not is_annotator(request.user):
         raise PermissionDenied("Only annotators are served items.")
     return get_object_or_404(Campaign, pk=pk, memberships__annotator=_user(request))
-
-
-def _with_item_relations(assignments: list[Assignment]) -> list[Assignment]:
-    ids = [a.pk for a in assignments]
-    loaded = Assignment.objects.filter(pk__in=ids).select_related(
-        "item__campaign",
-        "item__face__generation",
-        "item__left_face__generation",
-        "item__right_face__generation",
-    )
-    by_id = {a.pk: a for a in loaded}
-    return [by_id[i] for i in ids]
 
 
 class CampaignViewSet(viewsets.ModelViewSet):
@@ -124,7 +112,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
             result = engine.claim_items(campaign=campaign, annotator=_user(request), count=params.validated_data["count"])
         except engine.Refused as error:
             return _refused(error)
-        items = [item_for_annotator(a) for a in _with_item_relations(result.assignments)]
+        items = [item_for_annotator(a, campaign.protocol) for a in result.assignments]
         return Response({"items": items, "paused": result.paused, "message": result.message})
 
     @extend_schema(request=ItemRefSerializer, responses={200: OpenApiTypes.OBJECT})
@@ -147,7 +135,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
             assignment = engine.undo_last_judgment(campaign=campaign, annotator=_user(request))
         except engine.Refused as error:
             return _refused(error)
-        return Response({"item": item_for_annotator(_with_item_relations([assignment])[0])})
+        return Response({"item": item_for_annotator(assignment, campaign.protocol)})
 
     @extend_schema(request=GoldItemSerializer(many=True), responses={201: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["post"])

@@ -103,6 +103,7 @@ def claim_items(
         held = list(
             Assignment.objects.filter(annotator=annotator, item__campaign=campaign)
             .filter(_live_leases(now))
+            .select_related("item")
             .order_by("display_index")[:count]
         )
         while len(held) < count:

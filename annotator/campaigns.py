@@ -98,10 +98,10 @@ def create_campaign(
     faces = faces_of(datasets, min_face_px=min_face_px, min_confidence=min_confidence)
     k = campaign.overlap_k
     if protocol == Campaign.Protocol.LIKERT:
-        items = (Item(campaign=campaign, face=face, judgments_wanted=k) for face in faces.iterator())
+        items = (Item.for_faces(campaign, face=face, judgments_wanted=k) for face in faces.iterator())
     else:
         pairs = pairwise_face_pairs(faces, seed=seed, max_pairs_per_prompt=max_pairs_per_prompt)
-        items = (Item(campaign=campaign, left_face=a, right_face=b, judgments_wanted=k) for a, b in pairs)
+        items = (Item.for_faces(campaign, pair=pair, judgments_wanted=k) for pair in pairs)
     while batch := list(itertools.islice(items, ITEM_BATCH)):
         Item.objects.bulk_create(batch)
     add_annotators(campaign=campaign, users=annotators)
@@ -141,10 +141,9 @@ def add_gold_items(*, campaign: Campaign, answers: Mapping[Any, str]) -> list[It
     for target, answer in answers.items():
         answer = _check_gold_answer(campaign.protocol, answer)
         if campaign.protocol == Campaign.Protocol.LIKERT:
-            items.append(Item(campaign=campaign, face=target, is_gold=True, gold_answer=answer))
+            items.append(Item.for_faces(campaign, face=target, is_gold=True, gold_answer=answer))
         else:
-            left, right = target
-            items.append(Item(campaign=campaign, left_face=left, right_face=right, is_gold=True, gold_answer=answer))
+            items.append(Item.for_faces(campaign, pair=tuple(target), is_gold=True, gold_answer=answer))
     return Item.objects.bulk_create(items)
 
 

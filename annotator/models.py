@@ -220,6 +220,10 @@ class Item(models.Model):
     # annotator may see once and which do not count towards coverage.
     judgments_wanted = models.PositiveSmallIntegerField(null=True, blank=True)
     judgment_count = models.PositiveSmallIntegerField(default=0)
+    # What the annotation screen shows, written when the item is made so that serving an item
+    # needs no joins: [{"position", "box", "image_width", "image_height"}, ...]. Faces that items
+    # use are never moved or deleted (re-detection keeps them), so this cannot go stale.
+    screen = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -248,6 +252,28 @@ class Item(models.Model):
 
     def is_complete(self) -> bool:
         return self.judgments_wanted is not None and self.judgment_count >= self.judgments_wanted
+
+    @staticmethod
+    def screen_of(faces: dict[str, Face]) -> list[dict[str, Any]]:
+        """``screen`` for faces by position ("single", or "left" and "right")."""
+        return [
+            {
+                "position": position,
+                "box": [face.x0, face.y0, face.x1, face.y1],
+                "image_width": face.generation.width,
+                "image_height": face.generation.height,
+            }
+            for position, face in faces.items()
+        ]
+
+    @classmethod
+    def for_faces(cls, campaign: Campaign, *, face: Face | None = None, pair: tuple[Face, Face] | None = None, **fields: Any) -> Item:
+        """An unsaved item showing one face (likert) or a (left, right) pair, with its screen."""
+        if pair is not None:
+            left, right = pair
+            return cls(campaign=campaign, left_face=left, right_face=right, screen=cls.screen_of({"left": left, "right": right}), **fields)
+        assert face is not None
+        return cls(campaign=campaign, face=face, screen=cls.screen_of({"single": face}), **fields)
 
 
 class Assignment(models.Model):

@@ -19,34 +19,23 @@ def face_crop_url(face_id: int) -> str:
     return reverse("face-crop", args=[face_id])
 
 
-def _face_for_annotator(item: Item, face: Face, position: str) -> dict[str, Any]:
-    generation = face.generation
-    # Item-scoped URLs: annotators never learn generation ids (which could line images up by DM).
-    return {
-        "position": position,
-        "crop_url": f"/images/items/{item.pk}/{position}/crop.png",
-        "image_url": f"/images/items/{item.pk}/{position}/whole.png",
-        "box": [face.x0, face.y0, face.x1, face.y1],
-        "image_width": generation.width,
-        "image_height": generation.height,
-    }
-
-
-def item_for_annotator(assignment: Assignment) -> dict[str, Any]:
-    """What the annotation screen needs to show one leased item, and nothing more."""
+def item_for_annotator(assignment: Assignment, protocol: str) -> dict[str, Any]:
+    """What the annotation screen needs to show one leased item, and nothing more: item-scoped
+    image URLs (annotators never learn face or generation ids), boxes and image sizes."""
     item: Item = assignment.item
-    if item.face_id:
-        faces = [_face_for_annotator(item, item.face, "single")]  # type: ignore[arg-type]
-    else:
-        faces = [
-            _face_for_annotator(item, item.left_face, "left"),  # type: ignore[arg-type]
-            _face_for_annotator(item, item.right_face, "right"),  # type: ignore[arg-type]
-        ]
+    faces = [
+        {
+            **face,
+            "crop_url": f"/images/items/{item.pk}/{face['position']}/crop.png",
+            "image_url": f"/images/items/{item.pk}/{face['position']}/whole.png",
+        }
+        for face in item.screen
+    ]
     return {
         "item_id": item.pk,
         "assignment_id": assignment.pk,
         "display_index": assignment.display_index,
-        "protocol": item.campaign.protocol,
+        "protocol": protocol,
         "expires_at": assignment.expires_at.isoformat(),
         "faces": faces,
     }
