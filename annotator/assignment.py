@@ -263,13 +263,13 @@ def _submit_locked(
     time_on_screen_ms: int,
     now: datetime,
 ) -> SubmitResult:
-    item = _locked(Item.objects.filter(pk=item_id)).first()
+    item = _locked(Item.objects.filter(pk=item_id).select_related("campaign")).first()
     if item is None:
         raise Refused("No such item.", status=404)
     existing = _existing_for_key(idempotency_key, annotator, item_id)
     if existing is not None:
         return _replayed(existing)
-    campaign = Campaign.objects.get(pk=item.campaign_id)
+    campaign = item.campaign
     answer = _answer_fields(campaign.protocol, rating=rating, choice=choice, flag=flag)
     assignment = _locked(Assignment.objects.filter(item=item, annotator=annotator)).first()
     if assignment is None:
