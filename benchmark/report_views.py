@@ -12,7 +12,6 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -28,7 +27,7 @@ from rest_framework.views import APIView
 
 from annotator.exports import csv_safe
 from annotator.models import Campaign
-from annotator.roles import is_researcher
+from annotator.roles import IsResearcher, require_researcher
 from benchmark import figures
 from benchmark.dashboard import campaign_dashboard
 from benchmark.models import MetricVersion, Report
@@ -46,27 +45,21 @@ from benchmark.reports import (
     start_report_job,
 )
 from benchmark.snapshots import start_export_job
-from benchmark.views import IsResearcher
 from jobs.models import Job
 
 
-def _require_researcher(request: HttpRequest) -> None:
-    if not is_researcher(request.user):
-        raise PermissionDenied("Only researchers and admins can see reports.")
-
-
 def _report_for_researcher(request: HttpRequest, pk: int) -> Report:
-    _require_researcher(request)
+    require_researcher(request)
     return get_object_or_404(Report, pk=pk)
 
 
 def _campaign_for_researcher(request: HttpRequest, pk: int) -> Campaign:
-    _require_researcher(request)
+    require_researcher(request)
     return get_object_or_404(Campaign, pk=pk)
 
 
 def _export_job_for_researcher(request: HttpRequest, pk: int) -> Job:
-    _require_researcher(request)
+    require_researcher(request)
     return get_object_or_404(Job, pk=pk, kind=Job.Kind.EXPORT)
 
 
@@ -110,7 +103,7 @@ class ReportForm(forms.Form):
 
 @login_required
 def report_list(request: HttpRequest) -> HttpResponse:
-    _require_researcher(request)
+    require_researcher(request)
     form = ReportForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:

@@ -160,7 +160,9 @@ def test_pages_and_api_start_and_serve_the_snapshot(
     assert api.status_code == 202 and len(sent) == 1
     body = api.json()
     assert body["download"] == f"/api/exports/{body['job']}/download/"
-    assert client.get(f"/api/exports/{job.pk}/download/").status_code == 200
+    api_download = client.get(f"/api/exports/{job.pk}/download/")
+    assert api_download.status_code == 200
+    api_download.close()  # a streamed file stays open until the response is closed
 
     member = Client()
     member.force_login(annotator)
