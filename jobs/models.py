@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Job(models.Model):
@@ -59,6 +60,22 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def per_second(self) -> float | None:
+        """Throughput so far (or overall, once finished): progress units per second."""
+        if not self.started_at or not self.progress_done:
+            return None
+        end = self.finished_at or timezone.now()
+        seconds = (end - self.started_at).total_seconds()
+        return round(self.progress_done / seconds, 2) if seconds > 0 else None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        rate = self.per_second
+        if self.is_finished or not rate:
+            return None
+        return round((self.progress_total - self.progress_done) / rate, 1)
 
     @property
     def percent(self) -> float:

@@ -367,6 +367,8 @@ class ImportAcceptedSerializer(serializers.Serializer):
 class JobSerializer(serializers.ModelSerializer):
     percent = serializers.FloatField(read_only=True)
     is_finished = serializers.BooleanField(read_only=True)
+    per_second = serializers.FloatField(read_only=True, allow_null=True)
+    eta_seconds = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
         model = Job
@@ -378,6 +380,8 @@ class JobSerializer(serializers.ModelSerializer):
             "progress_done",
             "progress_total",
             "percent",
+            "per_second",
+            "eta_seconds",
             "result",
             "error",
             "log_tail",

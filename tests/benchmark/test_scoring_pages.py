@@ -102,3 +102,14 @@ def test_score_command_queues_a_job_and_refuses_bad_input():
         call_command("score", "--metrics", "sharpness", "--dataset", "nope")
     with pytest.raises(CommandError, match="unknown metric 'bogus'"):
         call_command("score", "--metrics", "bogus", "--dataset", dataset.name)
+
+
+def test_job_api_reports_throughput_and_eta(researcher):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    started = timezone.now() - timedelta(seconds=10)
+    job = Job.objects.create(kind=Job.Kind.SCORE, status=Job.Status.RUNNING, progress_done=50, progress_total=150, started_at=started)
+    body = _api(researcher).get(f"/api/jobs/{job.pk}/").json()
+    assert 4.5 < body["per_second"] <= 5.0 and 19 < body["eta_seconds"] < 23
