@@ -162,7 +162,7 @@ def test_pages_and_api_start_and_serve_the_snapshot(
     assert body["download"] == f"/api/exports/{body['job']}/download/"
     api_download = client.get(f"/api/exports/{job.pk}/download/")
     assert api_download.status_code == 200
-    api_download.close()  # a streamed file stays open until the response is closed
+    assert b"".join(api_download.streaming_content).startswith(b"PK")
 
     member = Client()
     member.force_login(annotator)
