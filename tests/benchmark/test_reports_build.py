@@ -67,22 +67,27 @@ def test_gold_items_and_broken_flags_are_left_out(world):
     assert "A-flagger" not in inputs.annotators
 
 
-def test_min_face_aggregation_adds_an_image_level_variant(world):
+@pytest.mark.parametrize("aggregation", ["min", "largest"])
+def test_face_aggregation_adds_an_image_level_variant(world, aggregation):
     results = build_results(
         campaigns=[world.campaign],
         metric_versions=[world.tracks],
-        settings={**SETTINGS, "image_aggregation": "min"},
+        settings={**SETTINGS, "image_aggregation": aggregation},
     )
-    variant = f"{metric_name(world.tracks)} [min face]"
+    variant = f"{metric_name(world.tracks)} [{aggregation} face]"
     assert results["metrics"] == [metric_name(world.tracks), variant]
+    assert results["metric_info"][1]["level"] == "image"
     faces = results["faces"]
-    per_generation = {}
-    for g, v in zip(
-        faces["generation_id"], faces["values"][metric_name(world.tracks)], strict=True
-    ):
-        per_generation.setdefault(g, []).append(v)
+    per_generation: dict[int, list[tuple[float, float]]] = {}
+    values = faces["values"][metric_name(world.tracks)]
+    for g, v, size in zip(faces["generation_id"], values, faces["size_px"], strict=True):
+        per_generation.setdefault(g, []).append((v, size))
     for g, v in zip(faces["generation_id"], faces["values"][variant], strict=True):
-        assert v == min(per_generation[g])
+        pairs = per_generation[g]
+        expected = (
+            min(p[0] for p in pairs) if aggregation == "min" else max(pairs, key=lambda p: p[1])[0]
+        )
+        assert v == expected
 
 
 def test_report_job_stores_results_and_rebuild_gives_identical_numbers(
