@@ -114,3 +114,4 @@ def check_image(image: np.ndarray) -> None:
 
 # Built-in detectors register themselves on import.
 from ml.faces import haar as _haar  # noqa: E402,F401
+from ml.faces import retinaface as _retinaface  # noqa: E402,F401
