@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test venv lint typecheck bench-load bench-stats clean
+.PHONY: demo test venv lint typecheck bench-load bench-stats bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,10 +40,13 @@ typecheck: venv
 	$(BIN)/mypy annotator benchmark jobs ml config
 
 bench-load: venv
-	$(BIN)/python bench/annotation_load.py
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/facebench} $(BIN)/python bench/annotation_load.py
 
 bench-stats: venv
 	$(BIN)/python bench/stats.py
+
+bench-gpu: venv
+	$(BIN)/python bench/gpu.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
