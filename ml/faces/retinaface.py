@@ -404,6 +404,14 @@ class RawDetections:
 
 
 class RetinaFaceDetector:
+    """A loaded RetinaFace behind the batched :class:`ml.faces.FaceDetector` interface.
+
+    ``threshold`` (face probability kept, ≥), ``nms_threshold``, ``top_k`` / ``keep_top_k`` (boxes
+    before / after NMS) are upstream's settings with FaceScore's threshold; ``max_size`` caps the
+    long side the network sees (None: full resolution, as FaceScore runs it; unlike batch-face's
+    ``max_size`` it never upscales); ``batch_size`` bounds images per forward pass.
+    """
+
     def __init__(
         self,
         model: RetinaFace,
@@ -453,6 +461,7 @@ class RetinaFaceDetector:
             "top_k": self.top_k,
             "keep_top_k": self.keep_top_k,
             "max_size": self.max_size,
+            "dtype": str(self.dtype).removeprefix("torch."),
         }
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
