@@ -113,7 +113,7 @@ def test_detection_job_runs_through_the_task_and_records_progress(
     with django_capture_on_commit_callbacks() as callbacks:
         job = start_detection_job(dataset=photos, created_by=researcher)
     assert job.kind == Job.Kind.DETECT and job.config == {
-        "detector": "haar",
+        "detector": "auto",  # resolved by the worker: no RetinaFace weights here, so Haar
         "dataset_id": photos.pk,
     }
     assert len(callbacks) == 1  # the enqueue waits for the commit
@@ -164,3 +164,15 @@ def test_detect_faces_command(photos: Dataset, capsys) -> None:
         "Faces: 2 in 4 generations (2 with no face, 0 unreadable; haar)" in capsys.readouterr().out
     )
     assert Face.objects.count() == 2
+
+
+def test_auto_detector_is_retinaface_when_its_weights_are_present_else_haar(settings, tmp_path):
+    from annotator.detection import get_detector, resolve_detector_name
+    from tests.ml.tiny_models import write_tiny_retinaface
+
+    settings.FACEBENCH_WEIGHTS_DIR = tmp_path / "weights"
+    assert resolve_detector_name("auto") == "haar"
+    write_tiny_retinaface(settings.FACEBENCH_WEIGHTS_DIR)
+    assert resolve_detector_name("auto") == "retinaface_mobilenet"
+    assert get_detector("auto").name == "retinaface_mobilenet"
+    assert resolve_detector_name("haar") == "haar"

@@ -96,6 +96,6 @@ def test_command_imports_a_zip(tmp_path: Path, capsys) -> None:
 
 
 def test_command_refuses_an_unknown_detector_before_importing(folder: Path) -> None:
-    with pytest.raises(CommandError, match="known detectors: haar"):
+    with pytest.raises(CommandError, match="known detectors: auto, haar"):
         call_command("import_generations", str(folder), dataset="x", detector="nope")
     assert not Generation.objects.exists()

@@ -264,7 +264,7 @@ def test_detect_again_queues_a_detection_job(researcher, dataset: Dataset) -> No
 
     job = Job.objects.get(kind=Job.Kind.DETECT)
     assert response["Location"] == reverse("import-job", args=[job.pk])
-    assert job.config == {"detector": "haar", "dataset_id": dataset.pk}
+    assert job.config == {"detector": "auto", "dataset_id": dataset.pk}
 
 
 @pytest.mark.parametrize("role", ["researcher", "admin_user"])

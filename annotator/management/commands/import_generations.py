@@ -42,10 +42,10 @@ class Command(BaseCommand):
         path: Path = options["path"]
         if not path.exists():
             raise CommandError(f"{path} does not exist")
-        if not options["no_detect"] and options["detector"] not in list_detectors():
+        if not options["no_detect"] and options["detector"] not in ("auto", *list_detectors()):
             raise CommandError(
                 f"unknown face detector {options['detector']!r}; "
-                f"known detectors: {', '.join(list_detectors())}"
+                f"known detectors: auto, {', '.join(list_detectors())}"
             )
         dataset, created = Dataset.objects.get_or_create(name=options["dataset"])
         disable = not self.stdout.isatty()

@@ -27,7 +27,14 @@ class Command(BaseCommand):
             else:
                 state = self.style.ERROR("MISSING")
             self.stdout.write(f"{row.metric:<{width}}  {row.file:<55} {state}")
+        from ml.faces.retinaface import CONFIGS
+
+        for name, config in CONFIGS.items():
+            path = root / config.weights_file
+            state = self.style.SUCCESS("present") if path.is_file() else self.style.ERROR("MISSING")
+            self.stdout.write(f"{name:<{width}}  {config.weights_file:<55} {state}  (face detector)")
         metrics = {r.metric for r in rows}
         unavailable = {r.metric for r in rows if not r.present}
         self.stdout.write(f"\n{len(metrics - unavailable)} of {len(metrics)} weighted metrics available; "
-                          "weight-free baselines (face_size, detector_confidence, sharpness) always are.")
+                          "weight-free baselines (face_size, detector_confidence, sharpness) always are.\n"
+                          "Face detection uses RetinaFace mobilenet0.25 when its file is present, else Haar.")
