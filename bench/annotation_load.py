@@ -83,12 +83,15 @@ def setup_database(url: str, *, annotators: int, prompts: int, models: int, k: i
 
 
 class Annotator:
-    def __init__(self, client: httpx.AsyncClient, campaign: int, token: str, seed: int, retry_share: float) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, campaign: int, token: str, seed: int, retry_share: float, think_s: float
+    ) -> None:
         self.client = client
         self.campaign = campaign
         self.headers = {"Authorization": f"Token {token}"}
         self.rng = random.Random(seed)
         self.retry_share = retry_share
+        self.think_s = think_s
         self.next_ms: list[float] = []
         self.submit_ms: list[float] = []
         self.acked: list[tuple[str, int]] = []
@@ -101,6 +104,9 @@ class Annotator:
         return response
 
     async def run(self, deadline: float) -> None:
+        if self.think_s:
+            # People do not all press "start" in the same millisecond.
+            await asyncio.sleep(self.rng.uniform(0, self.think_s))
         while time.perf_counter() < deadline:
             response = await self._post(f"/api/campaigns/{self.campaign}/next/", {"count": 4}, self.next_ms)
             items = response.json()["items"]
@@ -112,6 +118,9 @@ class Annotator:
                 "rating": self.rng.randint(1, 5),
                 "time_on_screen_ms": self.rng.randint(500, 4000),
             }
+            if self.think_s:
+                # A person looks at the face before answering: exponential, mean think_s.
+                await asyncio.sleep(self.rng.expovariate(1 / self.think_s))
             response = await self._post("/api/judgments/", body, self.submit_ms)
             if self.rng.random() < self.retry_share:
                 again = await self._post("/api/judgments/", body, self.submit_ms)
@@ -123,10 +132,12 @@ class Annotator:
                 self.errors.append(f"submit answered {response.status_code} {response.text[:200]}")
 
 
-async def drive(base_url: str, campaign: int, tokens: list[str], seconds: float, retry_share: float) -> list[Annotator]:
+async def drive(
+    base_url: str, campaign: int, tokens: list[str], seconds: float, retry_share: float, think_s: float
+) -> list[Annotator]:
     limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
-        annotators = [Annotator(client, campaign, t, i, retry_share) for i, t in enumerate(tokens)]
+        annotators = [Annotator(client, campaign, t, i, retry_share, think_s) for i, t in enumerate(tokens)]
         # Warm up each gunicorn worker's connection before the clock starts.
         await asyncio.gather(*(client.get("/api/", headers=a.headers) for a in annotators))
         deadline = time.perf_counter() + seconds
@@ -171,6 +182,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--retry-share", type=float, default=0.05)
+    parser.add_argument(
+        "--think-ms", type=float, default=0, help="mean time an annotator looks before answering (0: as fast as the server allows)"
+    )
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -202,10 +216,13 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise SystemExit("gunicorn did not start") from None
                 time.sleep(0.2)
-        print(f"{args.annotators} annotators, {args.seconds:.0f} s, gunicorn {args.workers} workers × "
+        pace = f"think time {args.think_ms:.0f} ms" if args.think_ms else "no think time (saturation)"
+        print(f"{args.annotators} annotators, {pace}, {args.seconds:.0f} s, gunicorn {args.workers} workers × "
               f"{args.threads} threads, PostgreSQL, {os.cpu_count()} CPUs")
         start = time.perf_counter()
-        annotators = asyncio.run(drive(f"http://127.0.0.1:{port}", campaign, tokens, args.seconds, args.retry_share))
+        annotators = asyncio.run(
+            drive(f"http://127.0.0.1:{port}", campaign, tokens, args.seconds, args.retry_share, args.think_ms / 1000)
+        )
         elapsed = time.perf_counter() - start
     finally:
         os.killpg(gunicorn.pid, signal.SIGTERM)
