@@ -266,15 +266,17 @@ def _submit_locked(
     item = _locked(Item.objects.filter(pk=item_id).select_related("campaign")).first()
     if item is None:
         raise Refused("No such item.", status=404)
-    existing = _existing_for_key(idempotency_key, annotator, item_id)
-    if existing is not None:
-        return _replayed(existing)
     campaign = item.campaign
     answer = _answer_fields(campaign.protocol, rating=rating, choice=choice, flag=flag)
     assignment = _locked(Assignment.objects.filter(item=item, annotator=annotator)).first()
     if assignment is None:
         raise Refused("This item was not assigned to you.", status=409)
     if assignment.status == Assignment.Status.SUBMITTED:
+        # A retry that raced its original here (both passed the unlocked key check) gets the
+        # stored judgment; a second answer under a new key is refused.
+        existing = _existing_for_key(idempotency_key, annotator, item_id)
+        if existing is not None:
+            return _replayed(existing)
         raise Refused("You already judged this item.", status=409)
     if assignment.status == Assignment.Status.SKIPPED:
         raise Refused("You skipped this item; it cannot be judged any more.", status=409)
