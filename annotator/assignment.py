@@ -5,7 +5,7 @@ Claiming the next item for an annotator, in one transaction:
    annotator gets nothing.
 2. Return the leases they already hold (a reload shows the same queue), then top up to ``count``:
 3. Decide gold or regular: a gold item is due while gold served < gold share × items served.
-4. Pick a candidate the annotator has never been assigned, with room left
+4. Pick a candidate the annotator has not answered, skipped or still holds, with room left
    (judgments + live leases < k), nearest completion first; lock it with
    ``select_for_update(skip_locked=True)`` so concurrent claimers take different rows, then
    recount its live leases under the lock (a lease is only ever created while its item row is
@@ -122,12 +122,17 @@ def _claim_one(campaign: Campaign, membership: Membership, now: datetime) -> Ass
     for is_gold in (True, False) if gold_due else (False,):
         item = _lock_candidate(campaign, membership, is_gold=is_gold, now=now)
         if item is not None:
-            assignment = Assignment.objects.create(
+            # A lease of this annotator's that expired unanswered is renewed in place (one row per
+            # item and annotator, ever), at a new position in their sequence.
+            assignment, _ = Assignment.objects.update_or_create(
                 item=item,
                 annotator_id=membership.annotator_id,
-                display_index=membership.items_served,
-                created_at=now,
-                expires_at=now + timedelta(seconds=campaign.lease_seconds),
+                defaults={
+                    "status": Assignment.Status.ACTIVE,
+                    "display_index": membership.items_served,
+                    "created_at": now,
+                    "expires_at": now + timedelta(seconds=campaign.lease_seconds),
+                },
             )
             Membership.objects.filter(pk=membership.pk).update(
                 items_served=F("items_served") + 1, gold_served=F("gold_served") + int(is_gold)
@@ -146,9 +151,14 @@ def _lock_candidate(campaign: Campaign, membership: Membership, *, is_gold: bool
         .annotate(n=Count("id"))
         .values("n")
     )
-    candidates = Item.objects.filter(campaign=campaign, is_gold=is_gold).exclude(
-        assignments__annotator_id=membership.annotator_id
+    # Never an item this annotator answered, skipped or holds now; one whose lease expired
+    # unanswered may come back to them like to anyone else.
+    not_again = (
+        Assignment.objects.filter(annotator_id=membership.annotator_id, item__campaign=campaign)
+        .exclude(status=Assignment.Status.ACTIVE, expires_at__lte=now)
+        .values("item_id")
     )
+    candidates = Item.objects.filter(campaign=campaign, is_gold=is_gold).exclude(pk__in=not_again)
     if is_gold:
         candidates = candidates.order_by("judgment_count", "id")
     else:

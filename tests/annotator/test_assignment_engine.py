@@ -89,6 +89,18 @@ def test_live_leases_count_against_k_and_expired_leases_return_to_the_pool(annot
     assert {a.item_id for a in theirs} == {a.item_id for a in mine}
 
 
+def test_an_item_whose_lease_expired_unanswered_comes_back_to_the_same_annotator(annotator):
+    campaign = _likert([annotator], k=1)
+    first = claim_items(campaign=campaign, annotator=annotator, count=6).assignments
+    later = timezone.now() + timedelta(seconds=campaign.lease_seconds + 1)
+    again = claim_items(campaign=campaign, annotator=annotator, count=6, now=later).assignments
+    assert sorted(a.item_id for a in again) == sorted(a.item_id for a in first)
+    assert [a.display_index for a in again] == list(range(6, 12))  # shown anew, later in the sequence
+    assert Assignment.objects.count() == 6  # renewed in place
+    result = submit_judgment(annotator=annotator, item_id=again[0].item_id, idempotency_key=uuid.uuid4(), rating=4, now=later)
+    assert result.created and result.judgment.display_index == 6
+
+
 def test_late_submit_after_the_item_filled_up_is_refused_and_changes_nothing(annotator, annotator2):
     campaign = _likert([annotator, annotator2], k=1)
     (mine,) = claim_items(campaign=campaign, annotator=annotator).assignments
