@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from benchmark.models import MetricVersion, Report, Score
+from benchmark.models import MetricVersion, Report, Score, ScoringChunk
 
 
 @admin.register(MetricVersion)
@@ -22,3 +22,10 @@ class ScoreAdmin(admin.ModelAdmin):
 class ReportAdmin(admin.ModelAdmin):
     list_display = ("id", "title", "created_by", "created_at")
     filter_horizontal = ("campaigns", "metric_versions")
+
+
+@admin.register(ScoringChunk)
+class ScoringChunkAdmin(admin.ModelAdmin):
+    list_display = ("id", "job", "metric", "index", "size", "status", "unscorable", "seconds", "worker")
+    list_filter = ("status", "metric")
+    raw_id_fields = ("job", "metric_version")
