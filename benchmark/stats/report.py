@@ -30,6 +30,7 @@ Blocks run in this process, or with ``workers`` > 1 in forked worker processes.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import time
 from collections.abc import Mapping
@@ -95,22 +96,21 @@ def _put(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return out
 
 
-def _argsort_rows(
-    values: np.ndarray, try_packed: bool = True
-) -> tuple[np.ndarray, np.ndarray, bool]:
+def _argsort_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row argsort and sorted values of a NaN-free float64 matrix.
 
     Sorting (float32 key, index) packed into one uint64 is ~1.5× faster than ``argsort``
     (a SIMD sort of plain integers). float32 rounding is monotone, so the packed order is exact
     except among values that share a float32 key; the float64 values are checked afterwards
-    and rows out of order are re-sorted exactly. Means of integer ratings never share a key
-    unless equal; continuous ratings can, and then the packed attempt is wasted — the third
-    return value says whether it was worth trying (``try_packed`` next time).
+    and a row out of order is repaired by a stable sort of its (nearly sorted) values, a
+    linear-time merge pass. Means of means (the image level) often share a key with a 1-ulp
+    neighbour, so repairs are common there and must stay cheap. The order among equal values
+    may differ from ``argsort``'s; the mid-ranks built on it do not.
     """
-    rows, n = values.shape
-    if not try_packed or n >= 2**32:
+    n = values.shape[1]
+    if n >= 2**32:
         order = np.argsort(values, axis=1)
-        return order, _take(values, order), try_packed
+        return order, _take(values, order)
     bits = values.astype(np.float32).view(np.uint32)
     # IEEE order to unsigned order: flip every bit of negatives, set the sign bit of the rest.
     key = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
@@ -118,11 +118,11 @@ def _argsort_rows(
     packed.sort(axis=1)
     order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
     ordered = _take(values, order)
-    out_of_order = np.flatnonzero(np.any(ordered[:, 1:] < ordered[:, :-1], axis=1))
-    for row in out_of_order:
-        order[row] = np.argsort(values[row])
-        ordered[row] = values[row, order[row]]
-    return order, ordered, len(out_of_order) <= rows // 4
+    for row in np.flatnonzero(np.any(ordered[:, 1:] < ordered[:, :-1], axis=1)):
+        repair = np.argsort(ordered[row], kind="stable")
+        order[row] = order[row, repair]
+        ordered[row] = ordered[row, repair]
+    return order, ordered
 
 
 def _row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -152,9 +152,17 @@ class _Level:
     pair_second: np.ndarray
     pair_sign: np.ndarray  # (K, M) sgn(m_a − m_b), 0 where either is missing
     pair_valid: np.ndarray  # (K, M)
+    # The same three design matrices in float32 (|sign| too): exact, and half the traffic.
+    pair_matrices_32: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False)
     exhaustive_pairs: bool
     pair_prompts: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    packed_sort: bool = True  # learnt per process: see _argsort_rows
+
+    def __post_init__(self) -> None:
+        self.pair_matrices_32 = (
+            self.pair_sign.astype(np.float32),
+            np.abs(self.pair_sign).astype(np.float32),
+            self.pair_valid.astype(np.float32),
+        )
 
     @classmethod
     def build(
@@ -257,6 +265,16 @@ class _LikertPairs:
     designs: list[PairDesign | None]
     gain_index: list[np.ndarray]  # per metric: (sgn d + 1)·K + canonical index, in |d| order
     signs_used: frozenset[float]
+    # (K, 3M) [valid | sgn d = +1 | sgn d = −1], in float64 and float32: every total of
+    # ``_likert_pair_accuracy`` comes out of one product with it.
+    outcome_columns: dict[type, np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        columns = np.concatenate([self.valid, self.sign == 1, self.sign == -1], axis=1)
+        self.outcome_columns = {
+            np.float64: columns.astype(np.float64),
+            np.float32: columns.astype(np.float32),
+        }
 
 
 @dataclass
@@ -269,6 +287,7 @@ class _Plan:
     face_to_image: scipy.sparse.csr_matrix  # (I, F)
     image_prompt: np.ndarray
     dm_onehot: np.ndarray  # (F, K)
+    prompt_dm_metric: np.ndarray  # (P, 2·M·K) per prompt: Σ metric, then count, per (metric, DM)
     likert_sums: np.ndarray | scipy.sparse.csr_matrix | None = None  # (A, F)
     likert_counts: np.ndarray | scipy.sparse.csr_matrix | None = None
     likert_exact_float32: bool = False
@@ -414,32 +433,52 @@ def _rho(s_mh: np.ndarray, s_mm: np.ndarray, s_hh: np.ndarray, total: np.ndarray
     return np.clip(value, -1.0, 1.0)
 
 
+@dataclass
+class _UntiedSpearmanTerms:
+    """The parts of ``_spearman_untied_prompt_weights`` that every metric of a level shares."""
+
+    total: np.ndarray  # W = Σ w per row
+    centre: np.ndarray  # W(W+1)²/4
+    s_mm: np.ndarray  # Σ w r² of the metric ranks (the same for every untied metric)
+    cross_offset: np.ndarray  # ½ (Σ w² h − W(W+1)/2)
+
+    @classmethod
+    def build(cls, weight: np.ndarray, weighted_rank_h: np.ndarray) -> _UntiedSpearmanTerms:
+        total = weight.sum(axis=1)
+        s_mm = total * (total + 1.0) * (2.0 * total + 1.0) / 6.0
+        # w³ by two multiplications: ``weight**3`` goes through pow(), several times slower.
+        s_mm -= ((weight * weight * weight).sum(axis=1) - total) / 12.0
+        return cls(
+            total,
+            total * (total + 1.0) ** 2 / 4.0,
+            s_mm,
+            0.5 * (_row_dot(weight, weighted_rank_h) - total * (total + 1.0) / 2.0),
+        )
+
+
 def _spearman_untied_prompt_weights(
     level: _Level,
     m: int,
     small_counts: np.ndarray,
-    weight: np.ndarray,
     weighted_rank_h: np.ndarray,
     s_hh: np.ndarray,
+    terms: _UntiedSpearmanTerms,
 ) -> np.ndarray:
     """ρ of metric m when its values are untied and every unit's weight is its prompt count.
 
     In the metric's order the mid-rank of unit i is r_i = C_i − (w_i − 1)/2, C the running sum
     of the weights (an int8 → int32 cumsum, vectorised, from the L1-resident prompt counts).
-    Then, with W = Σ w and everything else shared by all metrics of the level,
+    Then, with W = Σ w and everything else shared by all metrics of the level (``terms``),
       Σ w r² = W(W+1)(2W+1)/6 − Σ (w³ − w)/12              (copies of a unit tie together)
       Σ w r h = Σ_j (w h)_j C_j − ½ (Σ w² h − W(W+1)/2)    (h: the human mid-ranks)
     so a metric costs one gather of (w h), one running sum and one dot product.
     """
     counts_sorted = _take(small_counts, level.prompt_sorted[m])
     running = np.cumsum(counts_sorted, axis=1, dtype=np.int32)
-    total = weight.sum(axis=1)
-    centre = total * (total + 1.0) ** 2 / 4.0
-    s_mm = total * (total + 1.0) * (2.0 * total + 1.0) / 6.0
-    s_mm -= ((weight**3).sum(axis=1) - total) / 12.0
     cross = np.einsum("ij,ij->i", _take(weighted_rank_h, level.order[m]), running)
-    cross -= 0.5 * (_row_dot(weight, weighted_rank_h) - total * (total + 1.0) / 2.0)
-    return _rho(cross - centre, s_mm - centre, s_hh - centre, total)
+    cross -= terms.cross_offset
+    centre = terms.centre
+    return _rho(cross - centre, terms.s_mm - centre, s_hh - centre, terms.total)
 
 
 def _correlations(
@@ -488,10 +527,9 @@ def _correlations(
     r[~((var_x > 0) & (var_y > 0) & (s_w > 1))] = np.nan
     out[(level.name, "pearson")] = np.clip(r, -1.0, 1.0).T
 
-    order_h, human_sorted, level.packed_sort = _argsort_rows(
-        np.where(valid, human, np.inf), level.packed_sort
-    )
+    order_h, human_sorted = _argsort_rows(np.where(valid, human, np.inf))
     ranks_h: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    untied_terms: dict[int, _UntiedSpearmanTerms] = {}
     rho = np.full((n_metrics, rows), np.nan)
     for m in range(n_metrics):
         group = int(level.mask_group[m])
@@ -507,8 +545,10 @@ def _correlations(
             and not level.metric_has_ties[m]
             and small_counts is not None
         ):
+            if group not in untied_terms:
+                untied_terms[group] = _UntiedSpearmanTerms.build(base, weighted_rank_h)
             rho[m] = _spearman_untied_prompt_weights(
-                level, m, small_counts, base, weighted_rank_h, s_hh
+                level, m, small_counts, weighted_rank_h, s_hh, untied_terms[group]
             )
             continue
         w_sorted = _take(w, level.order[m])
@@ -539,9 +579,18 @@ def _correlations(
     else:
         pair_w = _take(base, a) * _take(base, b)
     weighted_sign = pair_w * np.sign(_take(filled, a) - _take(filled, b))
-    numerator = weighted_sign @ level.pair_sign
-    untied_m = pair_w @ np.abs(level.pair_sign)
-    untied_h = np.abs(weighted_sign) @ level.pair_valid
+    # The sums are of integer weight products: exact in float32 below 2²⁴ (then the τ-b are
+    # the float64 ones to the last bit), and float32 halves the traffic of the widest arrays.
+    if pair_w.max(initial=0.0) * max(len(a), 1) < 2**24:
+        sign_32, abs_sign_32, valid_32 = level.pair_matrices_32
+        signed_32 = weighted_sign.astype(np.float32)
+        numerator = (signed_32 @ sign_32).astype(np.float64)
+        untied_m = (pair_w.astype(np.float32) @ abs_sign_32).astype(np.float64)
+        untied_h = (np.abs(signed_32) @ valid_32).astype(np.float64)
+    else:
+        numerator = weighted_sign @ level.pair_sign
+        untied_m = pair_w @ np.abs(level.pair_sign)
+        untied_h = np.abs(weighted_sign) @ level.pair_valid
     parts = [(numerator, untied_m, untied_h)]
     if not level.exhaustive_pairs:
         m = n_metrics
@@ -580,12 +629,16 @@ def _likert_pair_accuracy(
     weight = _take(prompt_counts, pairs.prompt)
     if not valid.all():
         weight *= _take(valid, pairs.first) & _take(valid, pairs.second)
-    exact32 = weight.max(initial=0.0) * max(len(pairs.first), 1) < 2**24
+    k = len(pairs.first)
+    exact32 = weight.max(initial=0.0) * max(k, 1) < 2**24
     dtype = np.float32 if exact32 else np.float64
     weight = weight.astype(dtype)
-    label = np.sign(_take(filled, pairs.first) - _take(filled, pairs.second)).astype(dtype)
-    tie_weight = weight * (label == 0)
-    valid_m, sign_m = pairs.valid.astype(dtype), pairs.sign.astype(dtype)
+    # The human label is +1 (a better), −1 (b better) or 0 (tie): split the pair weight by
+    # label. Comparisons of the float64 means, never of a rounded copy, so ties stay exact.
+    first_h, second_h = _take(filled, pairs.first), _take(filled, pairs.second)
+    positive = weight * (first_h > second_h)
+    negative = weight * (first_h < second_h)
+    tie_weight = weight - positive - negative
     # gain_j = w_j ([label_j = 0] − [label_j = sgn d_j]) (see tie_calibrated_accuracy_sorted)
     # depends on the metric only through sgn d_j ∈ {−1, 0, 1}: build the gains for each sign
     # once, side by side, and let each metric gather its own in |d| order with one take.
@@ -594,21 +647,24 @@ def _likert_pair_accuracy(
     # one is bound by the latency of each addition).
     small = weight.max(initial=0.0) <= 127
     gain_dtype = np.int8 if small else dtype
-    k = len(pairs.first)
     gains = np.empty((rows, 3 * k), gain_dtype)
-    weight_g, tie_g = weight.astype(gain_dtype), tie_weight.astype(gain_dtype)
-    for slot, sign in enumerate((-1.0, 0.0, 1.0)):
+    tie_g = tie_weight.astype(gain_dtype)
+    for slot, (sign, same_sign) in enumerate(((-1.0, negative), (0.0, None), (1.0, positive))):
         if sign in pairs.signs_used:
             part = gains[:, slot * k : (slot + 1) * k]
-            np.multiply(weight_g, label == sign, out=part)
-            np.subtract(tie_g, part, out=part)
-    total = (weight @ valid_m).T.astype(np.float64)
-    tie_total = (tie_weight @ valid_m).T.astype(np.float64)
-    counted = ((weight - tie_weight) @ np.abs(sign_m)).T.astype(np.float64)
-    hits = (
-        (weight * (label == 1)) @ (sign_m == 1).astype(dtype)
-        + (weight * (label == -1)) @ (sign_m == -1).astype(dtype)
-    ).T.astype(np.float64)
+            if same_sign is None:
+                part.fill(0)  # a tie label scores a tied metric either way
+            else:
+                np.subtract(tie_g, same_sign.astype(gain_dtype), out=part)
+    # One product for every total: rows (tie, +1, −1 label weight) × columns (valid, sgn d =
+    # +1, sgn d = −1). Integer sums, exact in either dtype, so the grouping changes nothing.
+    by_label = np.concatenate([tie_weight, positive, negative]) @ pairs.outcome_columns[dtype]
+    by_label = by_label.astype(np.float64).reshape(3, rows, 3, n_metrics).transpose(0, 2, 3, 1)
+    (tie_v, tie_p, tie_n), (pos_v, pos_p, pos_n), (neg_v, neg_p, neg_n) = by_label
+    total = tie_v + pos_v + neg_v
+    tie_total = tie_v
+    counted = pos_p + pos_n + neg_p + neg_n
+    hits = pos_p + neg_n
     acc = np.full((n_metrics, rows), np.nan)
     eps = np.full((n_metrics, rows), np.nan)
     for m, design in enumerate(pairs.designs):
@@ -669,15 +725,28 @@ def _dm_agreement(human_dm: np.ndarray, metric_dm: np.ndarray, name: str, out: R
     out[(name, "kendall")] = np.stack([kendall_tau_b(human_dm, md, unit) for md in metric_dm])
 
 
-def _metric_dm_means(plan: _Plan, face_prompt_counts: np.ndarray) -> np.ndarray:
+def _prompt_dm_metric_tables(faces: Faces, metric: np.ndarray) -> np.ndarray:
+    """(P, 2·M·K): per prompt, the sum of each metric over its scored faces of each DM, then
+    the number of those faces. A face's resample weight is its prompt's count, so the DM means
+    of every resample are one (rows, P) @ (P, 2·M·K) product instead of M products over faces.
+    """
+    n_metrics, k = metric.shape[0], faces.n_dms
+    finite = np.isfinite(metric)
+    width = 2 * n_metrics * k
+    column = np.arange(n_metrics)[:, None] * k + faces.dm[None, :]  # (M, F)
+    cell = faces.prompt[None, :] * width + column
+    size = faces.n_prompts * width
+    sums = np.bincount(cell.ravel(), np.where(finite, metric, 0.0).ravel(), size)
+    counts = np.bincount((cell + n_metrics * k).ravel(), finite.ravel().astype(np.float64), size)
+    return (sums + counts).reshape(faces.n_prompts, width)
+
+
+def _metric_dm_means(plan: _Plan, prompt_counts: np.ndarray) -> np.ndarray:
     """(M, rows, K): mean metric per DM over faces with a score, weighted by prompt counts."""
-    level = plan.face_level
-    out = np.empty((level.metric.shape[0], face_prompt_counts.shape[0], plan.dm_onehot.shape[1]))
-    for m in range(level.metric.shape[0]):
-        w = face_prompt_counts * level.finite[m]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[m] = ((w * np.nan_to_num(level.metric[m])) @ plan.dm_onehot) / (w @ plan.dm_onehot)
-    return out
+    n_metrics, k = len(plan.metric_names), plan.faces.n_dms
+    table = (prompt_counts @ plan.prompt_dm_metric).reshape(len(prompt_counts), 2, n_metrics, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (table[:, 0] / table[:, 1]).transpose(1, 0, 2)
 
 
 def _image_means(plan: _Plan, human: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -712,7 +781,7 @@ def _block(plan: _Plan, counts: ResampleCounts, sub_rows: int | None = None) -> 
 def _block_statistics(plan: _Plan, counts: ResampleCounts, human: np.ndarray | None) -> Results:
     out: Results = {}
     face_prompt_counts = _take(counts.prompt, plan.faces.prompt)
-    metric_dm = _metric_dm_means(plan, face_prompt_counts)
+    metric_dm = _metric_dm_means(plan, counts.prompt)
     if human is not None:
         human = np.ascontiguousarray(human)
         valid = np.isfinite(human)
@@ -775,6 +844,36 @@ def _design_corrected(full: np.ndarray, half_a: np.ndarray, half_b: np.ndarray) 
     return middle + (full - middle) * scale
 
 
+def _one_blas_thread() -> None:
+    """Ask every OpenBLAS in this process for one thread (a forked worker's initializer).
+
+    The workers already share the cores; OpenBLAS's own threads (one per core by default) on
+    top of them spin-wait between the many small products of a block: with 2 workers on 2
+    cores they added ~75% CPU time and slowed the wall clock. numpy has no API for this and
+    threadpoolctl is not a dependency, so find the loaded libraries and call their setter;
+    best effort: a BLAS without one (or a system without /proc) is left as it is.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return
+    setters = (
+        "scipy_openblas_set_num_threads64_",
+        "scipy_openblas_set_num_threads",
+        "openblas_set_num_threads64_",
+        "openblas_set_num_threads",
+    )
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        setter = next((getattr(library, n) for n in setters if hasattr(library, n)), None)
+        if setter is not None:
+            setter(1)
+
+
 _FORKED_PLAN: _Plan | None = None
 _FORKED_SUB_ROWS: int | None = None
 
@@ -795,7 +894,7 @@ def _blocks_in_forked_workers(
     global _FORKED_PLAN, _FORKED_SUB_ROWS
     _FORKED_PLAN, _FORKED_SUB_ROWS = plan, sub_rows
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, _one_blas_thread) as pool:
             return pool.map(_forked_block, blocks, chunksize=max(1, len(blocks) // (4 * workers)))
     finally:
         _FORKED_PLAN = None
@@ -907,6 +1006,7 @@ def alignment_report(
         face_to_image=face_to_image,
         image_prompt=image_prompt,
         dm_onehot=np.eye(faces.n_dms)[faces.dm],
+        prompt_dm_metric=_prompt_dm_metric_tables(faces, metric),
     )
     if likert is not None:
         _build_likert_tables(plan, likert)
