@@ -265,16 +265,10 @@ class _LikertPairs:
     designs: list[PairDesign | None]
     gain_index: list[np.ndarray]  # per metric: (sgn d + 1)·K + canonical index, in |d| order
     signs_used: frozenset[float]
-    # (K, 3M) [valid | sgn d = +1 | sgn d = −1], in float64 and float32: every total of
-    # ``_likert_pair_accuracy`` comes out of one product with it.
-    outcome_columns: dict[type, np.ndarray] = field(init=False)
-
-    def __post_init__(self) -> None:
-        columns = np.concatenate([self.valid, self.sign == 1, self.sign == -1], axis=1)
-        self.outcome_columns = {
-            np.float64: columns.astype(np.float64),
-            np.float32: columns.astype(np.float32),
-        }
+    # (K, 2M) [valid | sgn d ≠ 0] in float64 and float32, and its sums over the pairs of each
+    # prompt (P, 2M): the label-free totals of a resample are then a (rows, P) product.
+    scored_columns: dict[type, np.ndarray]
+    prompt_scored: np.ndarray
 
 
 @dataclass
@@ -345,6 +339,9 @@ def _build_likert_pairs(plan: _Plan) -> _LikertPairs:
     signs_used = frozenset(
         float(v) for m, index in enumerate(sorted_index) for v in np.unique(sign[m, index])
     )
+    scored = np.concatenate([valid, sign != 0]).T.astype(np.float64)  # (K, 2M)
+    prompt_scored = np.zeros((faces.n_prompts, 2 * len(plan.metric_names)))
+    np.add.at(prompt_scored, faces.prompt[first], scored)
     return _LikertPairs(
         first,
         second,
@@ -355,6 +352,8 @@ def _build_likert_pairs(plan: _Plan) -> _LikertPairs:
         designs,
         gain_index,
         signs_used,
+        {np.float64: scored, np.float32: scored.astype(np.float32)},
+        prompt_scored,
     )
 
 
@@ -403,7 +402,7 @@ def _build_campaign(plan: _Plan, pairwise: PairwiseJudgments) -> _Campaign:
 
 
 def _human_face_means(plan: _Plan, counts: ResampleCounts) -> np.ndarray:
-    """h[b, f] = Σ_a w_ba s_af / Σ_a w_ba n_af, NaN where no drawn annotator rated f."""
+    """h[b, f] = Σ_a w_ba s_af / Σ_a w_ba n_af, NaN (0/0) where no drawn annotator rated f."""
     weights = counts.annotator
     sums, cnts = plan.likert_sums, plan.likert_counts
     assert sums is not None
@@ -417,13 +416,15 @@ def _human_face_means(plan: _Plan, counts: ResampleCounts) -> np.ndarray:
         w = weights.astype(dtype)
         num = (w @ sums.astype(dtype, copy=False)).astype(np.float64)
         den = (w @ cnts.astype(dtype, copy=False)).astype(np.float64)
-    else:
-        both = sums @ np.ascontiguousarray(weights.T)  # (2F, rows)
-        n_faces = plan.faces.n_faces
-        num = np.ascontiguousarray(both[:n_faces].T)
-        den = np.ascontiguousarray(both[n_faces:].T)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return num / den
+    # Divide in the product's (2F, rows) layout, then transpose once: half the passes over
+    # the widest array of the block. A face no drawn annotator rated has num = den = 0, and
+    # 0/0 is the NaN it needs.
+    both = sums @ np.ascontiguousarray(weights.T)  # (2F, rows)
+    n_faces = plan.faces.n_faces
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        return np.ascontiguousarray((both[:n_faces] / both[n_faces:]).T)
 
 
 def _rho(s_mh: np.ndarray, s_mm: np.ndarray, s_hh: np.ndarray, total: np.ndarray) -> np.ndarray:
@@ -571,26 +572,30 @@ def _correlations(
     # second half) whose replicate covariance corrects the interval, see _kendall_replicates.
     a, b = level.pair_first, level.pair_second
     filled = np.where(valid, human, 0.0)
+    # Pair weights are products of two integer weights, and the sums below are exact in
+    # float32 while they stay under 2²⁴ (then the τ-b are the float64 ones to the last bit):
+    # float32 halves the traffic of the widest arrays of the level.
+    weights_of_units = prompt_counts if all_valid else base
+    exact32 = weights_of_units.max(initial=0.0) ** 2 * max(len(a), 1) < 2**24
+    dtype = np.float32 if exact32 else np.float64
     if all_valid:
         # Both weights are prompt counts: gather from the short (rows, P) table.
-        pair_w = _take(prompt_counts, level.pair_prompts[0]) * _take(
-            prompt_counts, level.pair_prompts[1]
-        )
+        counts = prompt_counts.astype(dtype)
+        pair_w = _take(counts, level.pair_prompts[0])
+        pair_w *= _take(counts, level.pair_prompts[1])
     else:
-        pair_w = _take(base, a) * _take(base, b)
-    weighted_sign = pair_w * np.sign(_take(filled, a) - _take(filled, b))
-    # The sums are of integer weight products: exact in float32 below 2²⁴ (then the τ-b are
-    # the float64 ones to the last bit), and float32 halves the traffic of the widest arrays.
-    if pair_w.max(initial=0.0) * max(len(a), 1) < 2**24:
-        sign_32, abs_sign_32, valid_32 = level.pair_matrices_32
-        signed_32 = weighted_sign.astype(np.float32)
-        numerator = (signed_32 @ sign_32).astype(np.float64)
-        untied_m = (pair_w.astype(np.float32) @ abs_sign_32).astype(np.float64)
-        untied_h = (np.abs(signed_32) @ valid_32).astype(np.float64)
+        units = base.astype(dtype)
+        pair_w = _take(units, a)
+        pair_w *= _take(units, b)
+    weighted_sign = np.sign(_take(filled, a) - _take(filled, b)).astype(dtype, copy=False)
+    weighted_sign *= pair_w
+    if exact32:
+        sign_m, abs_sign_m, valid_m = level.pair_matrices_32
     else:
-        numerator = weighted_sign @ level.pair_sign
-        untied_m = pair_w @ np.abs(level.pair_sign)
-        untied_h = np.abs(weighted_sign) @ level.pair_valid
+        sign_m, abs_sign_m, valid_m = level.pair_sign, np.abs(level.pair_sign), level.pair_valid
+    numerator = (weighted_sign @ sign_m).astype(np.float64, copy=False)
+    untied_m = (pair_w @ abs_sign_m).astype(np.float64, copy=False)
+    untied_h = (np.abs(weighted_sign) @ valid_m).astype(np.float64, copy=False)
     parts = [(numerator, untied_m, untied_h)]
     if not level.exhaustive_pairs:
         m = n_metrics
@@ -625,20 +630,19 @@ def _likert_pair_accuracy(
     assert pairs is not None
     n_metrics, rows = len(plan.metric_names), human.shape[0]
     valid = np.isfinite(human)
+    all_valid = bool(valid.all())
     filled = np.where(valid, human, 0.0)
     weight = _take(prompt_counts, pairs.prompt)
-    if not valid.all():
+    if not all_valid:
         weight *= _take(valid, pairs.first) & _take(valid, pairs.second)
     k = len(pairs.first)
     exact32 = weight.max(initial=0.0) * max(k, 1) < 2**24
     dtype = np.float32 if exact32 else np.float64
     weight = weight.astype(dtype)
-    # The human label is +1 (a better), −1 (b better) or 0 (tie): split the pair weight by
-    # label. Comparisons of the float64 means, never of a rounded copy, so ties stay exact.
+    # Human labels from comparisons of the float64 means (never of a rounded copy: ties stay
+    # exact): a better (+1), b better (−1), or tied.
     first_h, second_h = _take(filled, pairs.first), _take(filled, pairs.second)
-    positive = weight * (first_h > second_h)
-    negative = weight * (first_h < second_h)
-    tie_weight = weight - positive - negative
+    tie_weight = weight * (first_h == second_h)
     # gain_j = w_j ([label_j = 0] − [label_j = sgn d_j]) (see tie_calibrated_accuracy_sorted)
     # depends on the metric only through sgn d_j ∈ {−1, 0, 1}: build the gains for each sign
     # once, side by side, and let each metric gather its own in |d| order with one take.
@@ -648,23 +652,30 @@ def _likert_pair_accuracy(
     small = weight.max(initial=0.0) <= 127
     gain_dtype = np.int8 if small else dtype
     gains = np.empty((rows, 3 * k), gain_dtype)
-    tie_g = tie_weight.astype(gain_dtype)
-    for slot, (sign, same_sign) in enumerate(((-1.0, negative), (0.0, None), (1.0, positive))):
+    weight_g, tie_g = weight.astype(gain_dtype), tie_weight.astype(gain_dtype)
+    for slot, (sign, same_sign) in enumerate(
+        ((-1.0, first_h < second_h), (0.0, None), (1.0, first_h > second_h))
+    ):
         if sign in pairs.signs_used:
             part = gains[:, slot * k : (slot + 1) * k]
             if same_sign is None:
-                part.fill(0)  # a tie label scores a tied metric either way
+                part.fill(0)  # a human tie scores a metric tie either way
             else:
-                np.subtract(tie_g, same_sign.astype(gain_dtype), out=part)
-    # One product for every total: rows (tie, +1, −1 label weight) × columns (valid, sgn d =
-    # +1, sgn d = −1). Integer sums, exact in either dtype, so the grouping changes nothing.
-    by_label = np.concatenate([tie_weight, positive, negative]) @ pairs.outcome_columns[dtype]
-    by_label = by_label.astype(np.float64).reshape(3, rows, 3, n_metrics).transpose(0, 2, 3, 1)
-    (tie_v, tie_p, tie_n), (pos_v, pos_p, pos_n), (neg_v, neg_p, neg_n) = by_label
-    total = tie_v + pos_v + neg_v
-    tie_total = tie_v
-    counted = pos_p + pos_n + neg_p + neg_n
-    hits = pos_p + neg_n
+                np.multiply(weight_g, same_sign, out=part)
+                np.subtract(tie_g, part, out=part)
+    # Totals over each metric's scored pairs (columns: valid, sgn d ≠ 0), all integer sums,
+    # exact in either dtype. Only the human-tied weight needs a product over pairs; all pair
+    # weights are prompt counts when every face has a mean, so their totals are per prompt.
+    # The sign-agreeing weight ("hits") is the tied weight minus the gains' sum, below.
+    columns = pairs.scored_columns[dtype]
+    tie_sums = (tie_weight @ columns).T.astype(np.float64)  # (2M, rows)
+    if all_valid:
+        weight_sums = (prompt_counts @ pairs.prompt_scored).T
+    else:
+        weight_sums = (weight @ columns).T.astype(np.float64)
+    total, tie_total = weight_sums[:n_metrics], tie_sums[:n_metrics]
+    counted = weight_sums[n_metrics:] - tie_sums[n_metrics:]
+    hits = tie_sums[n_metrics:].copy()
     acc = np.full((n_metrics, rows), np.nan)
     eps = np.full((n_metrics, rows), np.nan)
     for m, design in enumerate(pairs.designs):
@@ -678,6 +689,7 @@ def _likert_pair_accuracy(
         best = np.argmax(at_ends, axis=1)
         best_gain = at_ends[np.arange(rows), best]
         sign_total = tie_total[m] - cum[:, -1]
+        hits[m] -= cum[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
             acc[m] = (sign_total + np.maximum(best_gain, 0.0)) / total[m]
         eps[m] = np.where(best_gain > 0, design.abs_diff_sorted[ends][best], 0.0)
@@ -719,10 +731,16 @@ def _campaign_statistics(
 
 
 def _dm_agreement(human_dm: np.ndarray, metric_dm: np.ndarray, name: str, out: Results) -> None:
-    """Spearman and Kendall across DMs between the human and each metric's DM scores."""
-    unit = np.ones_like(human_dm)  # weighted path: exact all-pairs τ-b on a few DMs
-    out[(name, "spearman")] = np.stack([spearman(human_dm, md) for md in metric_dm])
-    out[(name, "kendall")] = np.stack([kendall_tau_b(human_dm, md, unit) for md in metric_dm])
+    """Spearman and Kendall across DMs between the human and each metric's DM scores.
+
+    All metrics in one call of each (rows of a few DMs: the per-call overhead is the cost).
+    """
+    n_metrics, rows, k = metric_dm.shape
+    human = np.broadcast_to(human_dm, (n_metrics, rows, k)).reshape(n_metrics * rows, k)
+    metric = metric_dm.reshape(n_metrics * rows, k)
+    unit = np.ones_like(human)  # weighted path: exact all-pairs τ-b on a few DMs
+    out[(name, "spearman")] = spearman(human, metric).reshape(n_metrics, rows)
+    out[(name, "kendall")] = kendall_tau_b(human, metric, unit).reshape(n_metrics, rows)
 
 
 def _prompt_dm_metric_tables(faces: Faces, metric: np.ndarray) -> np.ndarray:
