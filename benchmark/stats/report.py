@@ -30,11 +30,13 @@ Blocks run in this process, or with ``workers`` > 1 in forked worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 from typing import Any
 
 import numpy as np
@@ -99,24 +101,22 @@ def _put(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
 def _argsort_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row argsort and sorted values of a NaN-free float64 matrix.
 
-    Sorting (float32 key, index) packed into one uint64 is ~1.5× faster than ``argsort``
-    (a SIMD sort of plain integers). float32 rounding is monotone, so the packed order is exact
-    except among values that share a float32 key; the float64 values are checked afterwards
-    and a row out of order is repaired by a stable sort of its (nearly sorted) values, a
-    linear-time merge pass. Means of means (the image level) often share a key with a 1-ulp
-    neighbour, so repairs are common there and must stay cheap. The order among equal values
-    may differ from ``argsort``'s; the mid-ranks built on it do not.
+    Sorts the float32 keys of the values with two stable counting-sort passes over their
+    16-bit halves (numpy's radix sort for 16-bit keys), low half first: the order of
+    (key, index), ~1.5× faster than ``argsort`` on float64 or a sort of (key, index) packed
+    into uint64. float32 rounding is monotone, so that order is exact except among values
+    that share a float32 key; the float64 values are checked afterwards and a row out of
+    order is repaired by a stable sort of its (nearly sorted) values, a linear-time merge
+    pass. Means of means (the image level) often share a key with a 1-ulp neighbour, so
+    repairs are common there and must stay cheap. The order among equal values may differ
+    from ``argsort``'s; the mid-ranks built on it do not.
     """
-    n = values.shape[1]
-    if n >= 2**32:
-        order = np.argsort(values, axis=1)
-        return order, _take(values, order)
     bits = values.astype(np.float32).view(np.uint32)
     # IEEE order to unsigned order: flip every bit of negatives, set the sign bit of the rest.
     key = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
-    packed = (key.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64)
-    packed.sort(axis=1)
-    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    by_low = np.argsort((key & np.uint32(0xFFFF)).astype(np.uint16), axis=1, kind="stable")
+    high = _take((key >> np.uint32(16)).astype(np.uint16), by_low)
+    order = _take(by_low, np.argsort(high, axis=1, kind="stable"))
     ordered = _take(values, order)
     for row in np.flatnonzero(np.any(ordered[:, 1:] < ordered[:, :-1], axis=1)):
         repair = np.argsort(ordered[row], kind="stable")
@@ -815,12 +815,6 @@ def _block_statistics(plan: _Plan, counts: ResampleCounts, human: np.ndarray | N
             human_dm = ((face_weight * filled) @ plan.dm_onehot) / (face_weight @ plan.dm_onehot)
         out[("dm", "human_mean")] = human_dm.T
         _dm_agreement(human_dm, metric_dm, "dm_agreement", out)
-        for stat, values in plan.ceiling_values.items():
-            usable = np.isfinite(values)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[("ceiling", stat)] = (
-                    (counts.annotator @ np.where(usable, values, 0.0)) / (counts.annotator @ usable)
-                )[None, :]
     for m in range(len(plan.metric_names)):
         out[("dm", "metric_mean", str(m))] = metric_dm[m].T
     if plan.campaign is not None:
@@ -901,19 +895,24 @@ def _forked_block(counts: ResampleCounts) -> Results:
     return _block(_FORKED_PLAN, counts, _FORKED_SUB_ROWS)
 
 
-def _blocks_in_forked_workers(
-    plan: _Plan, blocks: list[ResampleCounts], workers: int, sub_rows: int
-) -> list[Results]:
-    """Run blocks in forked processes that inherit the plan (no pickling of the big arrays).
+@contextlib.contextmanager
+def _forked_workers(plan: _Plan, workers: int, sub_rows: int) -> Iterator[Pool | None]:
+    """A pool of forked processes that inherit the plan (no pickling of the big arrays), or
+    None for ``workers`` < 2 (the caller runs the blocks inline).
 
     Processes, not threads: a block is hundreds of short numpy calls, and two threads
-    contending for the GIL between them ran slower than one thread.
+    contending for the GIL between them ran slower than one thread. Blocks go one at a time
+    (chunksize 1 in the caller): a worker left alone with the last large chunk idled the other
+    core for a second.
     """
     global _FORKED_PLAN, _FORKED_SUB_ROWS
+    if workers < 2:
+        yield None
+        return
     _FORKED_PLAN, _FORKED_SUB_ROWS = plan, sub_rows
     try:
         with multiprocessing.get_context("fork").Pool(workers, _one_blas_thread) as pool:
-            return pool.map(_forked_block, blocks, chunksize=max(1, len(blocks) // (4 * workers)))
+            yield pool
     finally:
         _FORKED_PLAN = None
 
@@ -1029,33 +1028,8 @@ def alignment_report(
     if likert is not None:
         _build_likert_tables(plan, likert)
         plan.likert_pairs = _build_likert_pairs(plan)
-        ceiling = leave_one_out_ceiling(likert, faces.n_faces, n_annotators)
-        plan.ceiling_values = {
-            "spearman": ceiling.spearman,
-            "kendall": ceiling.kendall,
-            "pearson": ceiling.pearson,
-        }
     if pairwise is not None:
         plan.campaign = _build_campaign(plan, pairwise)
-    timings["prepare"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    identity = ResampleCounts.identity(faces.n_prompts, n_annotators)
-    point = _block(plan, identity)
-    if likert is not None:
-        # Exact τ-b for the point estimate (the centred interval absorbs a sampled design's
-        # offset from it).
-        human = _human_face_means(plan, identity)
-        image_human, _ = _image_means(plan, human)
-        for level_obj, values in ((plan.face_level, human), (plan.image_level, image_human)):
-            point[(level_obj.name, "kendall")] = (
-                point[(level_obj.name, "kendall_design")]
-                if level_obj.exhaustive_pairs
-                else _exact_kendall(level_obj, values[0])[:, None]
-            )
-    timings["point_estimates"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
     widest = max(
         faces.n_faces,
         len(plan.face_level.pair_first),
@@ -1076,20 +1050,70 @@ def alignment_report(
             resample_annotators=resample_annotators,
         )
     )
+    timings["prepare"] = time.perf_counter() - clock
+
     can_fork = "fork" in multiprocessing.get_all_start_methods()
     # A daemonic process (a Celery prefork child) may not start children: run inline there.
-    if (
+    fork = (
         workers > 1
         and len(blocks) > 1
         and can_fork
         and not multiprocessing.current_process().daemon
-    ):
-        parts = _blocks_in_forked_workers(plan, blocks, workers, sub_rows)
-    else:
-        parts = [_block(plan, c, sub_rows) for c in blocks]
+    )
+    bootstrap_clock = time.perf_counter()
+    with _forked_workers(plan, workers if fork else 0, sub_rows) as pool:
+        # The workers start on the resamples at once; meanwhile this process computes what
+        # does not depend on them (it would otherwise wait, a core idle, for ~10% of the run).
+        pending = pool.map_async(_forked_block, blocks, chunksize=1) if pool else None
+
+        clock = time.perf_counter()
+        identity = ResampleCounts.identity(faces.n_prompts, n_annotators)
+        point = _block(plan, identity)
+        if likert is not None:
+            # Exact τ-b for the point estimate (the centred interval absorbs a sampled design's
+            # offset from it).
+            human = _human_face_means(plan, identity)
+            image_human, _ = _image_means(plan, human)
+            for level_obj, values in ((plan.face_level, human), (plan.image_level, image_human)):
+                point[(level_obj.name, "kendall")] = (
+                    point[(level_obj.name, "kendall_design")]
+                    if level_obj.exhaustive_pairs
+                    else _exact_kendall(level_obj, values[0])[:, None]
+                )
+        timings["point_estimates"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        if likert is not None:
+            ceiling = leave_one_out_ceiling(likert, faces.n_faces, n_annotators)
+            plan.ceiling_values = {
+                "spearman": ceiling.spearman,
+                "kendall": ceiling.kendall,
+                "pearson": ceiling.pearson,
+            }
+        reliability = _reliability(
+            plan=plan,
+            likert=likert,
+            pairwise=pairwise,
+            gold_tolerance=gold_tolerance,
+            split_half_splits=split_half_splits,
+            seed=seed,
+        )
+        timings["reliability"] = time.perf_counter() - clock
+
+        parts = pending.get() if pending else [_block(plan, c, sub_rows) for c in blocks]
     replicates: Results = (
         {key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]} if parts else {}
     )
+    if blocks and plan.ceiling_values:
+        # The ceiling resamples annotators only: its replicates are annotator-weighted means
+        # of the leave-one-out values, for all resamples in one product.
+        annotator_counts = np.concatenate([c.annotator for c in blocks])
+        for stat, values in plan.ceiling_values.items():
+            usable = np.isfinite(values)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                replicates[("ceiling", stat)] = (
+                    (annotator_counts @ np.where(usable, values, 0.0)) / (annotator_counts @ usable)
+                )[None, :]
     for level_obj in (plan.face_level, plan.image_level):
         key = (level_obj.name, "kendall_design")
         if key in replicates and not level_obj.exhaustive_pairs:
@@ -1104,22 +1128,20 @@ def alignment_report(
                     for m in range(len(names))
                 ]
             )
-    timings["bootstrap"] = time.perf_counter() - clock
+    timings["bootstrap"] = time.perf_counter() - bootstrap_clock
 
     clock = time.perf_counter()
     report = _assemble(
         plan=plan,
         point=point,
         replicates=replicates,
+        reliability=reliability,
         level=level,
         likert=likert,
         pairwise=pairwise,
-        gold_tolerance=gold_tolerance,
-        split_half_splits=split_half_splits,
-        seed=seed,
         return_replicates=return_replicates,
     )
-    timings["reliability_and_assembly"] = time.perf_counter() - clock
+    timings["assembly"] = time.perf_counter() - clock
     report["timings_s"] = timings
     report["settings"] = {
         "n_boot": n_boot,
@@ -1177,63 +1199,19 @@ def _headline_columns(
     return columns
 
 
-def _assemble(
+def _reliability(
     *,
     plan: _Plan,
-    point: Results,
-    replicates: Results,
-    level: float,
     likert: LikertJudgments | None,
     pairwise: PairwiseJudgments | None,
     gold_tolerance: float,
     split_half_splits: int,
     seed: int,
-    return_replicates: bool,
 ) -> dict[str, Any]:
-    names = plan.metric_names
-    table: dict[str, dict[str, Interval]] = {name: {} for name in names}
-    best = {}
-    differences: dict[str, list[dict[str, Any]]] = {}
-    for column, key, design, bounds in _headline_columns(likert, pairwise):
-        for m, name in enumerate(names):
-            table[name][column] = _ci(point, replicates, key, m, level, design, bounds)
-        points = np.array([table[n][column].point for n in names])
-        if np.isfinite(points).any():
-            best[column] = names[int(np.nanargmax(points))]
-        reps = replicates.get(design or key)
-        if reps is None:
-            continue
-        raw = replicates.get((key[0], "kendall_design_raw")) if design else None
-        # Metric-minus-metric on the same resamples: the CI that says whether one metric
-        # really beats another (the two intervals alone overlap far more often).
-        width = bounds[1] - bounds[0]
-        rows = []
-        for i in range(len(names)):
-            for j in range(i + 1, len(names)):
-                diff_point = table[names[i]][column].point - table[names[j]][column].point
-                diff_reps = reps[i] - reps[j]
-                if raw is not None:
-                    half_a = replicates[(key[0], "kendall_half_a")]
-                    half_b = replicates[(key[0], "kendall_half_b")]
-                    diff_reps = _design_corrected(
-                        raw[i] - raw[j], half_a[i] - half_a[j], half_b[i] - half_b[j]
-                    )
-                ci = interval(diff_point, diff_reps, level=level, bounds=(-width, width))
-                rows.append({"a": names[i], "b": names[j], **ci.as_dict()})
-        differences[column] = rows
-
-    ceiling: dict[str, Interval] = {}
+    """Krippendorff's α, split-half, leave-one-out, gold accuracy and self-consistency: the
+    statistics without bootstrap intervals (they run while the workers resample)."""
     reliability: dict[str, Any] = {}
     if likert is not None:
-        for stat in CORRELATIONS:
-            values = plan.ceiling_values[stat]
-            p = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-            reps = replicates.get(("ceiling", stat))
-            ceiling[f"face_{stat}"] = (
-                interval(p, reps[0], level=level, bounds=(-1.0, 1.0))
-                if reps is not None
-                else Interval(p, np.nan, np.nan, 0)
-            )
         split = split_half_reliability(
             likert, plan.faces.n_faces, n_splits=split_half_splits, seed=seed
         )
@@ -1272,6 +1250,64 @@ def _assemble(
             ).as_dict(),
             "n_judgments": len(pairwise) if pair_alpha_ok else len(pairwise),
         }
+
+    return reliability
+
+
+def _assemble(
+    *,
+    plan: _Plan,
+    point: Results,
+    replicates: Results,
+    reliability: dict[str, Any],
+    level: float,
+    likert: LikertJudgments | None,
+    pairwise: PairwiseJudgments | None,
+    return_replicates: bool,
+) -> dict[str, Any]:
+    names = plan.metric_names
+    table: dict[str, dict[str, Interval]] = {name: {} for name in names}
+    best = {}
+    differences: dict[str, list[dict[str, Any]]] = {}
+    for column, key, design, bounds in _headline_columns(likert, pairwise):
+        for m, name in enumerate(names):
+            table[name][column] = _ci(point, replicates, key, m, level, design, bounds)
+        points = np.array([table[n][column].point for n in names])
+        if np.isfinite(points).any():
+            best[column] = names[int(np.nanargmax(points))]
+        reps = replicates.get(design or key)
+        if reps is None:
+            continue
+        raw = replicates.get((key[0], "kendall_design_raw")) if design else None
+        # Metric-minus-metric on the same resamples: the CI that says whether one metric
+        # really beats another (the two intervals alone overlap far more often).
+        width = bounds[1] - bounds[0]
+        rows = []
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                diff_point = table[names[i]][column].point - table[names[j]][column].point
+                diff_reps = reps[i] - reps[j]
+                if raw is not None:
+                    half_a = replicates[(key[0], "kendall_half_a")]
+                    half_b = replicates[(key[0], "kendall_half_b")]
+                    diff_reps = _design_corrected(
+                        raw[i] - raw[j], half_a[i] - half_a[j], half_b[i] - half_b[j]
+                    )
+                ci = interval(diff_point, diff_reps, level=level, bounds=(-width, width))
+                rows.append({"a": names[i], "b": names[j], **ci.as_dict()})
+        differences[column] = rows
+
+    ceiling: dict[str, Interval] = {}
+    if likert is not None:
+        for stat in CORRELATIONS:
+            values = plan.ceiling_values[stat]
+            p = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            reps = replicates.get(("ceiling", stat))
+            ceiling[f"face_{stat}"] = (
+                interval(p, reps[0], level=level, bounds=(-1.0, 1.0))
+                if reps is not None
+                else Interval(p, np.nan, np.nan, 0)
+            )
 
     leaderboard: dict[str, Any] = {"dms": list(range(plan.faces.n_dms))}
     if likert is not None:
