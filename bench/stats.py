@@ -4,7 +4,9 @@ two-way bootstrap resamples — and, for scale, a plain per-resample scipy loop 
     .venv/bin/python bench/stats.py [--n-boot 1000] [--workers 2] [--pairwise 0]
 
 Steps: simulate the study (seeded, not timed); run ``alignment_report`` and print its wall time
-and per-part times; run the naive loop (materialise each resample with ``np.repeat``, then
+and per-part times (with worker processes, point_estimates and reliability run in the parent
+while the workers resample: they overlap bootstrap, whose time runs from the workers' start to
+the last replicate); run the naive loop (materialise each resample with ``np.repeat``, then
 ``scipy.stats.spearmanr`` / ``kendalltau`` / ``pearsonr`` per metric at face and image level)
 on a few resamples of the same data and extrapolate it to the same number of resamples.
 """

@@ -25,7 +25,8 @@ draws every prompt and every annotator once, so points and replicates share one 
 8. Intervals: replicate percentiles centred on the point estimate (``bootstrap.interval``
    says why), and for every column the interval of each metric-minus-metric difference.
 
-Blocks run in this process, or with ``workers`` > 1 in forked worker processes.
+Blocks run in this process, or with ``workers`` > 1 in forked worker processes (one BLAS
+thread each) while this process computes the point estimates and step 7.
 """
 
 from __future__ import annotations

@@ -135,3 +135,21 @@ def test_judgments_reject_bad_shapes_and_ranges() -> None:
         LikertJudgments(face=[0.5], annotator=[0], rating=[1.0])
     with pytest.raises(ValueError, match="finite"):
         LikertJudgments(face=[0], annotator=[0], rating=[np.nan])
+
+
+def test_row_sort_of_human_means_is_exact_where_float64_values_share_a_float32_key() -> None:
+    """The bootstrap sorts float32 keys, then repairs rows whose float64 values tie on a key."""
+    from benchmark.stats.report import _argsort_rows
+
+    rng = np.random.default_rng(4)
+    base = rng.choice([-2.5, -1e-30, 0.0, 1.0 / 3.0, 4.2], size=(6, 3000))
+    # Means of means land 1 ulp apart: distinct float64 values, one float32 key.
+    ulps = rng.integers(-3, 4, size=base.shape)
+    values = base + ulps * np.spacing(np.abs(base) + 1e-300)
+    values[0] = rng.normal(size=3000)  # a row with no shared keys
+    values[1, ::7] = np.inf  # the marker of faces without a mean
+    order, ordered = _argsort_rows(values)
+    for row in range(values.shape[0]):
+        assert sorted(order[row]) == list(range(values.shape[1]))
+        assert np.array_equal(ordered[row], values[row, order[row]])
+        assert np.array_equal(ordered[row], np.sort(values[row]))
