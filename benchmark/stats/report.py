@@ -489,7 +489,7 @@ def _correlations(
     weight: np.ndarray,
     prompt_counts: np.ndarray,
     out: Results,
-) -> None:
+) -> np.ndarray:
     """Spearman, Kendall (pair design) and Pearson of every metric against ``human``, per row.
 
     Pearson for all metrics at once from six (rows, N) @ (N, M) products of weighted moments;
@@ -500,6 +500,8 @@ def _correlations(
     missing pattern); the metric's order never changes, so its weighted mid-ranks are a
     cumulative sum in that order. Σ_i w_i r_i = W(W+1)/2 for mid-ranks of total weight W, so
     ρ = (Σ w r s − W(W+1)²/4) / √((Σ w r² − W(W+1)²/4)(Σ w s² − W(W+1)²/4)).
+
+    Returns the human side's comparison key (see ``_comparison_key``) for the pair labels.
     """
     rows = human.shape[0]
     n_metrics = level.metric.shape[0]
@@ -567,12 +569,15 @@ def _correlations(
         s_mh = _row_dot(weighted_rank, _take(rank_h, level.order[m])) - centre
         rho[m] = _rho(s_mh, s_mm, s_hh - centre, total)
     out[(level.name, "spearman")] = rho
+    filled = np.where(valid, human, 0.0)
+    # With every metric missing somewhere no ranks were weighted by ``base`` alone.
+    full_group = next((g for m, g in enumerate(level.mask_group) if level.finite[m].all()), None)
+    key = _comparison_key(filled, None if full_group is None else ranks_h[int(full_group)][0])
 
     # τ-b for all metrics at once: three (rows, K) @ (K, M) products.
     # A sampled design is split into two halves (columns M.. of the sign matrices hold the
     # second half) whose replicate covariance corrects the interval, see _kendall_replicates.
     a, b = level.pair_first, level.pair_second
-    filled = np.where(valid, human, 0.0)
     # Pair weights are products of two integer weights, and the sums below are exact in
     # float32 while they stay under 2²⁴ (then the τ-b are the float64 ones to the last bit):
     # float32 halves the traffic of the widest arrays of the level.
@@ -588,7 +593,7 @@ def _correlations(
         units = base.astype(dtype)
         pair_w = _take(units, a)
         pair_w *= _take(units, b)
-    weighted_sign = np.sign(_take(filled, a) - _take(filled, b)).astype(dtype, copy=False)
+    weighted_sign = np.sign(_take(key, a) - _take(key, b)).astype(dtype, copy=False)
     weighted_sign *= pair_w
     if exact32:
         sign_m, abs_sign_m, valid_m = level.pair_matrices_32
@@ -616,12 +621,29 @@ def _correlations(
             tau = num / np.sqrt(um * uh)
         tau[~((um > 0) & (uh > 0))] = np.nan
         out[(level.name, name)] = np.clip(tau, -1, 1).T
+    return key
+
+
+def _comparison_key(filled: np.ndarray, base_ranks: np.ndarray | None) -> np.ndarray:
+    """What the pair statistics compare instead of the human values: the mid-ranks weighted
+    by the units' own weights, in float32, when those are exact.
+
+    Between two units of positive weight, mid-ranks order and tie exactly as the values do,
+    and a pair with a unit of zero weight has zero weight itself, so every pair statistic is
+    unchanged; the float32 gathers of the (rows, K) pair arrays move half the bytes. Mid-ranks
+    are multiples of ½, exact in float32 below 2²³; beyond, or without such ranks, the
+    float64 values.
+    """
+    if base_ranks is None or base_ranks.max(initial=0.0) >= 2**23:
+        return filled
+    return base_ranks.astype(np.float32)
 
 
 def _likert_pair_accuracy(
-    plan: _Plan, human: np.ndarray, prompt_counts: np.ndarray, out: Results
+    plan: _Plan, human: np.ndarray, key: np.ndarray, prompt_counts: np.ndarray, out: Results
 ) -> None:
-    """Tie-calibrated and plain accuracy on within-prompt pairs, labels from the human means.
+    """Tie-calibrated and plain accuracy on within-prompt pairs, labels from the human means
+    (compared through ``key``, their face-level comparison key, see ``_comparison_key``).
 
     Labels and pair weights are computed once in canonical order; each metric then needs one
     gather of its gains, one cumulative sum and a max. Sums of integer weights are exact in
@@ -632,7 +654,6 @@ def _likert_pair_accuracy(
     n_metrics, rows = len(plan.metric_names), human.shape[0]
     valid = np.isfinite(human)
     all_valid = bool(valid.all())
-    filled = np.where(valid, human, 0.0)
     weight = _take(prompt_counts, pairs.prompt)
     if not all_valid:
         weight *= _take(valid, pairs.first) & _take(valid, pairs.second)
@@ -640,9 +661,9 @@ def _likert_pair_accuracy(
     exact32 = weight.max(initial=0.0) * max(k, 1) < 2**24
     dtype = np.float32 if exact32 else np.float64
     weight = weight.astype(dtype)
-    # Human labels from comparisons of the float64 means (never of a rounded copy: ties stay
-    # exact): a better (+1), b better (−1), or tied.
-    first_h, second_h = _take(filled, pairs.first), _take(filled, pairs.second)
+    # Human labels from exact comparisons (never of a rounded copy of the means: ties stay
+    # ties): a better (+1), b better (−1), or tied.
+    first_h, second_h = _take(key, pairs.first), _take(key, pairs.second)
     tie_weight = weight * (first_h == second_h)
     # gain_j = w_j ([label_j = 0] − [label_j = sgn d_j]) (see tie_calibrated_accuracy_sorted)
     # depends on the metric only through sgn d_j ∈ {−1, 0, 1}: build the gains for each sign
@@ -805,13 +826,13 @@ def _block_statistics(plan: _Plan, counts: ResampleCounts, human: np.ndarray | N
         human = np.ascontiguousarray(human)
         valid = np.isfinite(human)
         face_weight = np.where(valid, face_prompt_counts, 0.0)
-        _correlations(plan.face_level, human, face_weight, counts.prompt, out)
+        face_key = _correlations(plan.face_level, human, face_weight, counts.prompt, out)
         filled = np.where(valid, human, 0.0)
         image_human, rated_faces = _image_means(plan, human)
         image_weight = np.where(rated_faces > 0, _take(counts.prompt, plan.image_prompt), 0.0)
         _correlations(plan.image_level, image_human, image_weight, counts.prompt, out)
         if plan.likert_pairs is not None:
-            _likert_pair_accuracy(plan, human, counts.prompt, out)
+            _likert_pair_accuracy(plan, human, face_key, counts.prompt, out)
         with np.errstate(invalid="ignore", divide="ignore"):
             human_dm = ((face_weight * filled) @ plan.dm_onehot) / (face_weight @ plan.dm_onehot)
         out[("dm", "human_mean")] = human_dm.T
@@ -1101,6 +1122,8 @@ def alignment_report(
         )
         timings["reliability"] = time.perf_counter() - clock
 
+        if pending is None:
+            bootstrap_clock = time.perf_counter()  # inline, the resamples start only now
         parts = pending.get() if pending else [_block(plan, c, sub_rows) for c in blocks]
     replicates: Results = (
         {key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]} if parts else {}
