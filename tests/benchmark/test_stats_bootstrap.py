@@ -256,3 +256,57 @@ def test_campaign_replicates_equal_the_materialised_resample() -> None:
         fit = fit_bradley_terry(wins, ties)
         got = [replicate["bt|log_strength"][k][b] for k in range(3)]
         np.testing.assert_allclose(got, fit.log_strength, atol=1e-8)
+
+
+def test_replicates_of_a_metric_with_missing_scores_equal_scipy_beside_a_complete_one() -> None:
+    """Pair labels and τ-b signs compare ranks weighted by the complete metric's units: a
+    metric with gaps, and faces without a mean in a resample, must not change them."""
+    n_annotators = 8
+    study = simulate_study(n_prompts=25, n_annotators=n_annotators, judgments_per_face=3, seed=12)
+    faces, likert = study.faces, study.likert
+    complete = study.metrics["tracks_quality"]
+    partial = complete.copy()
+    partial[::4] = np.nan
+    report = alignment_report(
+        faces=faces,
+        likert=likert,
+        metrics={"complete": complete, "partial": partial},
+        n_boot=6,
+        seed=5,
+        chunk=4,
+        return_replicates=True,
+    )
+    replicate = report["replicates"]
+    prompt_counts, annotator_counts = _blocks(
+        4, n_prompts=faces.n_prompts, n_annotators=n_annotators, n_boot=6, seed=5
+    )
+    unrated_somewhere = False
+    for b in range(6):
+        w = annotator_counts[b][likert.annotator]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            human = np.bincount(likert.face, w * likert.rating, faces.n_faces) / np.bincount(
+                likert.face, w, faces.n_faces
+            )
+        unrated_somewhere |= bool(np.isnan(human).any())
+        usable = np.isfinite(human) & np.isfinite(partial)
+        face_rows = np.repeat(np.arange(faces.n_faces), prompt_counts[b][faces.prompt].astype(int))
+        face_rows = face_rows[usable[face_rows]]
+        h, m = human[face_rows], partial[face_rows]
+        assert replicate["face|kendall_design"][1][b] == pytest.approx(
+            scipy.stats.kendalltau(h, m).statistic, abs=1e-12
+        )
+        first, second = within_prompt_pairs(faces.prompt)
+        keep = (faces.image[first] != faces.image[second]) & usable[first] & usable[second]
+        first, second = first[keep], second[keep]
+        copies = prompt_counts[b][faces.prompt[first]].astype(int)
+        first, second = np.repeat(first, copies), np.repeat(second, copies)
+        diff = partial[first] - partial[second]
+        label = np.sign(human[first] - human[second])
+        expected = pairwise_accuracy_with_ties(PairDesign.from_differences(diff), label)
+        assert replicate["likert_pairs|accuracy_with_ties"][1][b] == pytest.approx(
+            expected.accuracy[0], abs=1e-12
+        )
+        assert replicate["likert_pairs|accuracy_without_ties"][1][b] == pytest.approx(
+            plain_pairwise_accuracy(diff, label)[0], abs=1e-12
+        )
+    assert unrated_somewhere  # the resamples exercise faces without a mean
