@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ml.devices import autocast, resolve_device, resolve_dtype
-from ml.metrics.base import CheckpointMismatch, Level, Metric, MetricInput, images_of
+from ml.metrics.base import CheckpointMismatch, Level, Metric, MetricInput, cat_scores, images_of
 from ml.metrics.checkpoints import load_strict, read_state_dict
 from ml.metrics.imagereward import RewardMLP
 from ml.metrics.openclip import load_clip
@@ -96,9 +96,7 @@ class AestheticMetric(Metric):
             norms = embeddings.norm(dim=-1, keepdim=True)
             embeddings = embeddings / torch.where(norms == 0, torch.ones_like(norms), norms)
             results.append(self.head(embeddings).squeeze(-1).cpu())
-        if not results:
-            return torch.empty(0, dtype=torch.float32)
-        return torch.cat(results)
+        return cat_scores(results)
 
 
 class FaceAestheticMetric(AestheticMetric):

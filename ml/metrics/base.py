@@ -80,6 +80,13 @@ class Metric(abc.ABC):
         return f"<{type(self).__name__} {self.version} level={self.level}>"
 
 
+def cat_scores(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The per-batch score tensors of one ``score`` call as one float32 tensor (empty for none)."""
+    import torch  # this module stays importable without torch (listing metrics and weights)
+
+    return torch.cat(list(parts)) if parts else torch.empty(0, dtype=torch.float32)
+
+
 def split_prompted(
     batch: Sequence[MetricInput], metric: str
 ) -> tuple[list[Image.Image], list[str]]:

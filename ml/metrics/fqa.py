@@ -36,7 +36,14 @@ from PIL import Image
 from torch import nn
 
 from ml.devices import autocast, resolve_device, resolve_dtype
-from ml.metrics.base import CheckpointMismatch, FaceCrop, Metric, MetricInput, face_crops_of
+from ml.metrics.base import (
+    CheckpointMismatch,
+    FaceCrop,
+    Metric,
+    MetricInput,
+    cat_scores,
+    face_crops_of,
+)
 from ml.metrics.checkpoints import load_strict, read_state_dict
 from ml.weights import require, sha256_file
 
@@ -236,9 +243,7 @@ class _FQAMetric(Metric):
             with autocast(self.device, self.dtype):
                 features, head = self.model(inputs)
             results.append(self._quality(features.float(), head).float().cpu())
-        if not results:
-            return torch.empty(0, dtype=torch.float32)
-        return torch.cat(results)
+        return cat_scores(results)
 
 
 class MagFaceMetric(_FQAMetric):

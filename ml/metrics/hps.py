@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ml.devices import autocast, resolve_device, resolve_dtype
-from ml.metrics.base import Metric, MetricInput, split_prompted
+from ml.metrics.base import Metric, MetricInput, cat_scores, split_prompted
 from ml.metrics.openclip import load_clip, tokenizer_for
 from ml.metrics.preprocess import hps_letterbox
 from ml.weights import require, sha256_file
@@ -72,9 +72,7 @@ class HPSMetric(Metric):
                 text_features = self.model.encode_text(tokens.to(self.device), normalize=True)
             similarity = (image_features.float() * text_features.float()).sum(dim=-1)
             results.append(similarity.cpu())
-        if not results:
-            return torch.empty(0, dtype=torch.float32)
-        return torch.cat(results)
+        return cat_scores(results)
 
 
 class HPSv2Metric(HPSMetric):

@@ -33,6 +33,7 @@ from ml.metrics.base import (
     FaceCrop,
     Metric,
     MetricInput,
+    cat_scores,
     face_crops_of,
     split_prompted,
 )
@@ -275,9 +276,7 @@ class _BLIPRewardMetric(Metric):
                     attention_mask.to(self.device),
                 )
             results.append(rewards.float().cpu())
-        if not results:
-            return torch.empty(0, dtype=torch.float32)
-        return torch.cat(results)
+        return cat_scores(results)
 
 
 class ImageRewardMetric(_BLIPRewardMetric):
