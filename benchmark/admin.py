@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from benchmark.models import MetricVersion, Report, Score, ScoringChunk
+from benchmark.models import FacePair, MetricVersion, Report, Score, ScoringChunk
 
 
 @admin.register(MetricVersion)
@@ -29,3 +29,10 @@ class ScoringChunkAdmin(admin.ModelAdmin):
     list_display = ("id", "job", "metric", "index", "size", "status", "unscorable", "seconds", "worker")
     list_filter = ("status", "metric")
     raw_id_fields = ("job", "metric_version")
+
+
+@admin.register(FacePair)
+class FacePairAdmin(admin.ModelAdmin):
+    list_display = ("id", "crafting_job", "source_key", "face_index", "split", "seed", "fs_good", "fs_bad")
+    list_filter = ("split",)
+    raw_id_fields = ("crafting_job", "source_generation", "source_face")

@@ -117,3 +117,46 @@ class ScoringChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.metric} chunk {self.index} of job {self.job_id} ({self.status})"
+
+
+class FacePair(models.Model):
+    """A (good, bad) face pair made by a crafting job: the original image and an inpainted copy
+    that differs from it only inside ``mask_image`` (the face), with everything needed to make it
+    again (source, model, settings, seed) in ``provenance``.
+
+    One row per (crafting job, source, face): a redelivered or resumed job updates its rows.
+    Images are content-addressed PNGs in the media storage, so the same pixels are stored once.
+    """
+
+    class Split(models.TextChoices):
+        TRAIN = "train"
+        VAL = "val"
+
+    crafting_job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="face_pairs")
+    # "generation:12" for a stored generation, "file:sub/astronaut.png" for a photo in a folder.
+    source_key = models.CharField(max_length=500)
+    face_index = models.PositiveIntegerField()
+    source_generation = models.ForeignKey(Generation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    source_face = models.ForeignKey(Face, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    box = models.JSONField()  # [x0, y0, x1, y1] in pixels of good_image
+    prompt = models.TextField(blank=True, default="")
+    seed = models.BigIntegerField()
+    good_image = models.FileField(max_length=200)
+    bad_image = models.FileField(max_length=200)
+    mask_image = models.FileField(max_length=200)
+    # Current Face Score of each side when the margin filter ran, else empty.
+    fs_good = models.FloatField(null=True, blank=True)
+    fs_bad = models.FloatField(null=True, blank=True)
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
+    provenance = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["crafting_job_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["crafting_job", "source_key", "face_index"], name="face_pair_unique_source_face")
+        ]
+        indexes = [models.Index(fields=["crafting_job", "split"])]
+
+    def __str__(self) -> str:
+        return f"pair {self.pk} ({self.source_key} face {self.face_index}, {self.split})"

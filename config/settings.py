@@ -142,6 +142,15 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # --- FaceBench ------------------------------------------------------------------------------
 FACEBENCH_WEIGHTS_DIR = Path(os.getenv("FACEBENCH_WEIGHTS_DIR", str(VAR_DIR / "weights")))
+# What launched jobs write (training checkpoints, trained Face Score weights, logs): one folder
+# per job, job-<id>/. Workers on many machines must all see the same folder (shared storage:
+# NFS, a mounted bucket), because a checkpoint written by a GPU worker is read back by the
+# scoring workers and downloaded through the web server.
+FACEBENCH_ARTIFACTS_DIR = Path(os.getenv("FACEBENCH_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
+# Server-side folders a launch form may read (inpainting models, folders of face photos), besides
+# the weights and artifacts dirs; comma-separated. Any other path is refused, so a form can never
+# make a worker read /etc or a user's home.
+FACEBENCH_INPUT_DIRS = [Path(p) for p in os.getenv("FACEBENCH_INPUT_DIRS", "").split(",") if p]
 # Refuse images over these limits before decoding them (decompression bombs, huge uploads).
 FACEBENCH_MAX_IMAGE_PIXELS = envint("FACEBENCH_MAX_IMAGE_PIXELS", str(64 * 1024 * 1024))
 FACEBENCH_MAX_IMAGE_BYTES = envint("FACEBENCH_MAX_IMAGE_BYTES", str(50 * 1024 * 1024))

@@ -7,6 +7,8 @@ progress and a restarted worker can pick the work up again.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -78,7 +80,45 @@ class Job(models.Model):
         return round((self.progress_total - self.progress_done) / rate, 1)
 
     @property
+    def artifact_dir(self) -> Path:
+        """Where this job's files go: ``FACEBENCH_ARTIFACTS_DIR/job-<id>/`` (shared storage)."""
+        return Path(settings.FACEBENCH_ARTIFACTS_DIR) / f"job-{self.pk}"
+
+    @property
     def percent(self) -> float:
         if not self.progress_total:
             return 100.0 if self.status == self.Status.SUCCEEDED else 0.0
         return round(100.0 * self.progress_done / self.progress_total, 1)
+
+
+class JobRecord(models.Model):
+    """One step of a long job's history: loss, learning rate, grad norm, validation accuracies.
+
+    One row per (job, step); a later report for the same step (validation after the training
+    numbers, or a resumed run repeating a step) merges into it, so the curve never has doubles.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="records")
+    step = models.PositiveIntegerField()
+    values = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "step"]
+        constraints = [models.UniqueConstraint(fields=["job", "step"], name="job_record_unique_step")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} step {self.step}"
+
+
+def artifact_path(relative: str) -> Path:
+    """An absolute path inside ``FACEBENCH_ARTIFACTS_DIR`` for a stored relative one.
+
+    Metric versions and job results store artifact paths relative to the artifacts dir, so the
+    dir can be mounted elsewhere on another machine; a path that climbs out of it is refused.
+    """
+    root = Path(settings.FACEBENCH_ARTIFACTS_DIR).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"artifact path {relative!r} is outside FACEBENCH_ARTIFACTS_DIR")
+    return path

@@ -7,22 +7,32 @@ worker can never overwrite a cancel request from a page, and a redelivered task 
 from __future__ import annotations
 
 import logging
+import math
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.db.models import F, Value
 from django.db.models.functions import Concat, Right
 from django.utils import timezone
 
-from jobs.models import Job
+from jobs.models import Job, JobRecord
 
 logger = logging.getLogger(__name__)
 LOG_TAIL_CHARS = 20_000
 
 
 class JobCancelled(Exception):
-    """Raised inside a running job when someone asked to cancel it."""
+    """Raised inside a running job when someone asked to cancel it.
+
+    ``result`` is what the job has to show for the work it did before it stopped (a training job
+    keeps its last checkpoint); ``run`` stores it on the cancelled job.
+    """
+
+    def __init__(self, result: dict[str, Any] | None = None) -> None:
+        super().__init__("cancelled")
+        self.result = result
 
 
 def start(job_id: int, *, total: int = 0) -> None:
@@ -78,10 +88,11 @@ def run(job_id: int, body: Callable[[int], dict[str, Any] | None]) -> None:
     start(job_id, total=job.progress_total)
     try:
         result = body(job_id)
-    except JobCancelled:
-        Job.objects.filter(pk=job_id).update(
-            status=Job.Status.CANCELLED, finished_at=timezone.now()
-        )
+    except JobCancelled as stop:
+        updates: dict[str, Any] = {"status": Job.Status.CANCELLED, "finished_at": timezone.now()}
+        if stop.result is not None:
+            updates["result"] = stop.result
+        Job.objects.filter(pk=job_id).update(**updates)
         log(job_id, "cancelled")
     except Exception as exc:  # a job's failure is data for its page, not a worker crash
         logger.exception("job %s failed", job_id)
@@ -89,3 +100,96 @@ def run(job_id: int, body: Callable[[int], dict[str, Any] | None]) -> None:
         fail(job_id, f"{type(exc).__name__}: {exc}")
     else:
         succeed(job_id, result)
+
+
+def request_cancel(job_id: int) -> bool:
+    """Ask a job to stop; a job still waiting in the queue is cancelled at once.
+
+    A running job sees the flag at its next step (``advance``, ``CancelCheck``) and stops there,
+    keeping what it has saved. Returns False when the job had already finished.
+    """
+    now = timezone.now()
+    queued = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        cancel_requested=True, status=Job.Status.CANCELLED, finished_at=now
+    )
+    if queued:
+        log(job_id, "cancelled before it started")
+        return True
+    running = Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(cancel_requested=True)
+    if running:
+        log(job_id, "cancel requested: stopping at the next step")
+    return bool(running)
+
+
+class CancelCheck:
+    """``should_stop()`` for ml loops: has someone asked to cancel the job?
+
+    Reads the job row at most once every ``every_s`` seconds, so a loop can call it each step.
+    """
+
+    def __init__(self, job_id: int, *, every_s: float = 1.0) -> None:
+        self.job_id = job_id
+        self.every_s = every_s
+        self._checked_at = -math.inf
+        self._requested = False
+
+    def __call__(self) -> bool:
+        if not self._requested and time.monotonic() - self._checked_at >= self.every_s:
+            self._checked_at = time.monotonic()
+            self._requested = Job.objects.filter(pk=self.job_id, cancel_requested=True).exists()
+        return self._requested
+
+
+def _json_safe(value: Any) -> Any:
+    """Numbers as plain floats (tensors and numpy scalars have ``item``); NaN/inf become None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return str(value)
+
+
+class StepRecorder:
+    """``on_step(record)`` for ml loops: step records into ``JobRecord`` rows, written in batches.
+
+    Records are buffered and flushed at most once every ``every_s`` seconds (and by ``flush()``
+    at the end), so a loop can report every step without a database write per step. Records for
+    a step that already has a row merge into it (a validation record after the training one, or
+    a resumed run repeating a step).
+    """
+
+    def __init__(self, job_id: int, *, every_s: float = 1.0, on_flush: Callable[[int], None] | None = None) -> None:
+        self.job_id = job_id
+        self.every_s = every_s
+        self.on_flush = on_flush
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._flushed_at = time.monotonic()
+        self.last_step = 0
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        step = int(record["step"])
+        values = {key: _json_safe(value) for key, value in record.items() if key != "step"}
+        self._pending.setdefault(step, {}).update(values)
+        self.last_step = max(self.last_step, step)
+        if time.monotonic() - self._flushed_at >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._flushed_at = time.monotonic()
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        existing = dict(
+            JobRecord.objects.filter(job_id=self.job_id, step__in=list(pending)).values_list("step", "values")
+        )
+        rows = [
+            JobRecord(job_id=self.job_id, step=step, values={**existing.get(step, {}), **values})
+            for step, values in sorted(pending.items())
+        ]
+        JobRecord.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["job", "step"], update_fields=["values"]
+        )
+        if self.on_flush is not None:
+            self.on_flush(self.last_step)
