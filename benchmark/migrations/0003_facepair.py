@@ -5,39 +5,82 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotator', '0004_item_screen'),
-        ('benchmark', '0002_scoring_chunks'),
-        ('jobs', '0002_jobrecord'),
+        ("annotator", "0004_item_screen"),
+        ("benchmark", "0002_scoring_chunks"),
+        ("jobs", "0002_jobrecord"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='FacePair',
+            name="FacePair",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source_key', models.CharField(max_length=500)),
-                ('face_index', models.PositiveIntegerField()),
-                ('box', models.JSONField()),
-                ('prompt', models.TextField(blank=True, default='')),
-                ('seed', models.BigIntegerField()),
-                ('good_image', models.FileField(max_length=200, upload_to='')),
-                ('bad_image', models.FileField(max_length=200, upload_to='')),
-                ('mask_image', models.FileField(max_length=200, upload_to='')),
-                ('fs_good', models.FloatField(blank=True, null=True)),
-                ('fs_bad', models.FloatField(blank=True, null=True)),
-                ('split', models.CharField(choices=[('train', 'Train'), ('val', 'Val')], default='train', max_length=8)),
-                ('provenance', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('crafting_job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='face_pairs', to='jobs.job')),
-                ('source_face', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='annotator.face')),
-                ('source_generation', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='annotator.generation')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("source_key", models.CharField(max_length=500)),
+                ("face_index", models.PositiveIntegerField()),
+                ("box", models.JSONField()),
+                ("prompt", models.TextField(blank=True, default="")),
+                ("seed", models.BigIntegerField()),
+                ("good_image", models.FileField(max_length=200, upload_to="")),
+                ("bad_image", models.FileField(max_length=200, upload_to="")),
+                ("mask_image", models.FileField(max_length=200, upload_to="")),
+                ("fs_good", models.FloatField(blank=True, null=True)),
+                ("fs_bad", models.FloatField(blank=True, null=True)),
+                (
+                    "split",
+                    models.CharField(
+                        choices=[("train", "Train"), ("val", "Val")], default="train", max_length=8
+                    ),
+                ),
+                ("provenance", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "crafting_job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="face_pairs",
+                        to="jobs.job",
+                    ),
+                ),
+                (
+                    "source_face",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="annotator.face",
+                    ),
+                ),
+                (
+                    "source_generation",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="annotator.generation",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['crafting_job_id', 'id'],
-                'indexes': [models.Index(fields=['crafting_job', 'split'], name='benchmark_f_craftin_5460a2_idx')],
-                'constraints': [models.UniqueConstraint(fields=('crafting_job', 'source_key', 'face_index'), name='face_pair_unique_source_face')],
+                "ordering": ["crafting_job_id", "id"],
+                "indexes": [
+                    models.Index(
+                        fields=["crafting_job", "split"], name="benchmark_f_craftin_5460a2_idx"
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("crafting_job", "source_key", "face_index"),
+                        name="face_pair_unique_source_face",
+                    )
+                ],
             },
         ),
     ]
