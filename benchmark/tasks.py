@@ -35,3 +35,11 @@ def export_snapshot_task(job_id: int) -> None:
     from jobs import progress
 
     progress.run(job_id, run_export_job)
+
+
+@shared_task(name="benchmark.run_launched_job", soft_time_limit=3 * 24 * 3600, time_limit=3 * 24 * 3600 + 300)
+def run_launched_job_task(job_id: int) -> None:
+    """Any job launched through ``benchmark.launch`` (crafting, training, …); its kind picks the body."""
+    from benchmark.launch import run_launched_job
+
+    run_launched_job(job_id)

@@ -21,6 +21,9 @@ from jobs.models import Job, JobRecord
 
 logger = logging.getLogger(__name__)
 LOG_TAIL_CHARS = 20_000
+# How often a running job looks at its cancel flag, and writes its buffered step records.
+CANCEL_CHECK_EVERY_S = 1.0
+RECORD_FLUSH_EVERY_S = 1.0
 
 
 class JobCancelled(Exception):
@@ -127,9 +130,9 @@ class CancelCheck:
     Reads the job row at most once every ``every_s`` seconds, so a loop can call it each step.
     """
 
-    def __init__(self, job_id: int, *, every_s: float = 1.0) -> None:
+    def __init__(self, job_id: int, *, every_s: float | None = None) -> None:
         self.job_id = job_id
-        self.every_s = every_s
+        self.every_s = CANCEL_CHECK_EVERY_S if every_s is None else every_s
         self._checked_at = -math.inf
         self._requested = False
 
@@ -160,9 +163,15 @@ class StepRecorder:
     a resumed run repeating a step).
     """
 
-    def __init__(self, job_id: int, *, every_s: float = 1.0, on_flush: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        *,
+        every_s: float | None = None,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
         self.job_id = job_id
-        self.every_s = every_s
+        self.every_s = RECORD_FLUSH_EVERY_S if every_s is None else every_s
         self.on_flush = on_flush
         self._pending: dict[int, dict[str, Any]] = {}
         self._flushed_at = time.monotonic()

@@ -1,0 +1,3 @@
+"""Face Score training jobs (filled in below the crafting service)."""
+
+from __future__ import annotations
