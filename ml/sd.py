@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from ml.weights import default_weights_dir, sha256_file
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LORA_ADAPTER_NAME",
     "SINGLE_FILE_SUFFIXES",
     "ModelUnavailable",
     "Task",
@@ -51,6 +53,7 @@ _CHANNELS = {"text2img": 4, "inpaint": 9}
 # whether a single-file checkpoint is an inpainting model.
 _LDM_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 _LDM_SDXL_MARKER = "conditioner.embedders.1.model.ln_final.weight"
+LORA_ADAPTER_NAME = "lora"
 
 
 class ModelUnavailable(RuntimeError):
@@ -239,6 +242,44 @@ def _lora_file(lora: Path) -> Path:
     raise ModelUnavailable(f"LoRA path {lora} does not exist")
 
 
+def _from_files(
+    pipeline_class: Any,
+    path: Path,
+    info: dict[str, Any],
+    torch_dtype: torch.dtype,
+    config: str | os.PathLike[str] | None,
+    extra: dict[str, Any],
+) -> Any:
+    if path.is_dir():
+        return pipeline_class.from_pretrained(
+            str(path),
+            local_files_only=True,
+            torch_dtype=torch_dtype,
+            variant=_variant(path),
+            **extra,
+        )
+    assert config is not None
+    config_info = _diffusers_folder_info(Path(config))
+    if config_info["in_channels"] != info["in_channels"]:
+        raise ModelUnavailable(
+            f"config folder {config} has a {config_info['in_channels']}-channel UNet but "
+            f"{path} a {info['in_channels']}-channel one; give the config of a matching "
+            f"{'inpainting' if info['in_channels'] == 9 else 'text-to-image'} model"
+        )
+    if config_info["architecture"] != info["architecture"]:
+        raise ModelUnavailable(
+            f"config folder {config} is {config_info['architecture']} but {path} is "
+            f"{info['architecture']}"
+        )
+    return pipeline_class.from_single_file(
+        str(path),
+        config=str(config),
+        local_files_only=True,
+        torch_dtype=torch_dtype,
+        **extra,
+    )
+
+
 def load_pipeline(
     path: str | os.PathLike[str],
     *,
@@ -276,35 +317,11 @@ def load_pipeline(
         }
 
     try:
-        if path.is_dir():
-            pipeline = pipeline_class.from_pretrained(
-                str(path),
-                local_files_only=True,
-                torch_dtype=torch_dtype,
-                variant=_variant(path),
-                **extra,
-            )
-        else:
-            assert config is not None
-            config_info = _diffusers_folder_info(Path(config))
-            if config_info["in_channels"] != info["in_channels"]:
-                raise ModelUnavailable(
-                    f"config folder {config} has a {config_info['in_channels']}-channel UNet but "
-                    f"{path} a {info['in_channels']}-channel one; give the config of a matching "
-                    f"{'inpainting' if info['in_channels'] == 9 else 'text-to-image'} model"
-                )
-            if config_info["architecture"] != info["architecture"]:
-                raise ModelUnavailable(
-                    f"config folder {config} is {config_info['architecture']} but {path} is "
-                    f"{info['architecture']}"
-                )
-            pipeline = pipeline_class.from_single_file(
-                str(path),
-                config=str(config),
-                local_files_only=True,
-                torch_dtype=torch_dtype,
-                **extra,
-            )
+        with warnings.catch_warnings():
+            # `torch_dtype` (deprecated in favour of `dtype` in recent diffusers) is the keyword
+            # every diffusers version we support understands
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipeline = _from_files(pipeline_class, path, info, torch_dtype, config, extra)
     except ModelUnavailable:
         raise
     except Exception as exc:  # diffusers/transformers/safetensors raise OSError, ValueError, …
@@ -317,12 +334,22 @@ def load_pipeline(
         lora_file = _lora_file(Path(lora))
         try:
             pipeline.load_lora_weights(
-                str(lora_file.parent), weight_name=lora_file.name, local_files_only=True
+                str(lora_file.parent),
+                weight_name=lora_file.name,
+                adapter_name=LORA_ADAPTER_NAME,
+                local_files_only=True,
             )
         except Exception as exc:
             raise ModelUnavailable(
                 f"cannot apply LoRA {lora_file} to {path}: {type(exc).__name__}: {exc}"
             ) from exc
+        # diffusers only warns when no key of the file fits the pipeline: without this check a
+        # wrong file would silently give the base model's images
+        if not any(pipeline.get_list_adapters().values()):
+            raise ModelUnavailable(
+                f"cannot apply LoRA {lora_file} to {path}: none of its keys are LoRA weights of "
+                "this model's UNet or text encoder"
+            )
 
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(torch_device)
