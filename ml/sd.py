@@ -442,6 +442,15 @@ def settings_from_dict(cls: type[Any], data: Any, *, prefix: str = "") -> Any:
         raise ValueError(
             f"unknown setting {prefix}{unknown[0]}; known: {', '.join(sorted(fields))}"
         )
+    missing = [
+        name
+        for name, field in fields.items()
+        if name not in data
+        and field.default is dataclasses.MISSING
+        and field.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"{prefix}{missing[0]} is required")
     values: dict[str, Any] = {}
     for name, value in data.items():
         values[name] = _coerce(hints[name], value, f"{prefix}{name}")
