@@ -308,8 +308,11 @@ def load_pipeline(
     info = inspect_model(path, config=config)
     _check_task(path, task, info["in_channels"])
     pipeline_class = _pipeline_class(info["architecture"], task)
-    extra: dict[str, Any] = {}
-    if info["architecture"] != "sdxl":
+    if info["architecture"] == "sdxl":
+        # SDXL has no safety checker; its invisible watermark (when the package is installed)
+        # would change the pixels we score
+        extra: dict[str, Any] = {"add_watermarker": False}
+    else:
         extra = {
             "safety_checker": None,
             "requires_safety_checker": False,
