@@ -266,15 +266,26 @@ def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
 def cache_pairs(pairs: Sequence[Pair], *, workers: int | None = None) -> torch.Tensor:
     """uint8 tensor (pairs, 2, 3, 224, 224): [:, 0] good crops, [:, 1] bad crops.
 
-    PIL resizing releases the GIL, so a thread pool spreads it over the cores.
+    PIL resizing releases the GIL, so a thread pool spreads it over the cores. Each distinct
+    image object is processed once, by one thread: a lazily opened PIL image must not be loaded
+    by two threads at once, and one crop often appears in several pairs.
     """
     if len(pairs) == 0:
         raise ValueError("no pairs")
-    images = [image for pair in pairs for image in _checked_pair(pair)]
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        crops = list(pool.map(crop_pixels, images))
-    return torch.stack(crops).view(len(pairs), 2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    slots: dict[int, list[tuple[int, int]]] = {}
+    unique: list[Image.Image] = []
+    for index, pair in enumerate(pairs):
+        for side, image in enumerate(_checked_pair(pair)):
+            if id(image) not in slots:
+                slots[id(image)] = []
+                unique.append(image)
+            slots[id(image)].append((index, side))
+    cached = torch.empty((len(pairs), 2, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        for image, pixels in zip(unique, pool.map(crop_pixels, unique), strict=True):
+            for index, side in slots[id(image)]:
+                cached[index, side] = pixels
+    return cached
 
 
 def _checked_pair(pair: Pair) -> Pair:
@@ -671,8 +682,6 @@ def train_face_score(
         torch.manual_seed(config.seed)
 
     train_cached = cache_pairs(train_pairs)
-    if device.type == "cuda":
-        train_cached = train_cached.pin_memory()
     val_cached = {name: cache_pairs(pairs) for name, pairs in val_sets.items()}
 
     del resumed  # its tensors are copied into the model and optimizer

@@ -207,6 +207,16 @@ def test_cached_uint8_crops_normalise_to_exactly_preprocess_image() -> None:
         assert torch.equal(normalize_pixels(crop_pixels(image)), preprocess_image(image))
 
 
+def test_cached_pairs_hold_good_then_bad_and_a_repeated_crop_in_every_slot() -> None:
+    first, second = _face_crops(2)
+    cached = cache_pairs([(first, second), (second, first), (first, first)])
+    assert cached.shape == (3, 2, 3, 224, 224) and cached.dtype == torch.uint8
+    assert torch.equal(cached[0, 0], crop_pixels(first))
+    assert torch.equal(cached[0, 1], crop_pixels(second))
+    assert torch.equal(cached[1, 0], cached[0, 1]) and torch.equal(cached[1, 1], cached[0, 0])
+    assert torch.equal(cached[2, 0], cached[0, 0]) and torch.equal(cached[2, 1], cached[0, 0])
+
+
 def test_trimming_prompt_padding_leaves_the_rewards_unchanged(init_checkpoint: Path, pairs) -> None:
     model = _tiny_model(init_checkpoint)
     tokenizer = load_tokenizer(init_checkpoint.parent.parent / "bert-base-uncased")
