@@ -354,6 +354,11 @@ def load_pipeline(
                 "this model's UNet or text encoder"
             )
 
+    vae = getattr(pipeline, "vae", None)
+    if torch_dtype == torch.bfloat16 and vae is not None and vae.config.get("force_upcast"):
+        # force_upcast guards the SDXL VAE against fp16 overflow; bf16 has fp32's range, and
+        # the upcast would re-cast the VAE on every call
+        vae.register_to_config(force_upcast=False)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(torch_device)
     logger.info(
