@@ -124,11 +124,21 @@ def _single_file_keys_and_shape(path: Path) -> tuple[set[str], int | None]:
                     else None
                 )
             return keys, channels
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            # files saved before torch 1.6's zip format cannot be memory-mapped
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors and torch raise many kinds for a damaged file
+        hint = (
+            "; a .ckpt that pickles more than tensors is refused (nothing is unpickled "
+            "unsafely): convert it to .safetensors"
+            if path.suffix == ".ckpt"
+            else ""
+        )
         raise ModelUnavailable(
             f"{path} is not a readable {path.suffix} checkpoint (corrupt, truncated or another "
-            f"format): {type(exc).__name__}: {exc}"
+            f"format): {type(exc).__name__}: {exc}{hint}"
         ) from exc
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]

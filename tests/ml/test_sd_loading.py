@@ -236,6 +236,28 @@ def test_single_file_loads_with_a_config_folder_and_draws_what_the_folder_draws(
     np.testing.assert_array_equal(_text2img(from_file, seed=3), _text2img(from_folder, seed=3))
 
 
+def test_ckpt_single_file_loads_like_the_safetensors_one(models, single_file, tmp_path):
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "tiny-sd15.ckpt"
+    torch.save({"state_dict": load_file(str(single_file)), "global_step": 10}, ckpt)
+    from_ckpt = load_pipeline(ckpt, task="text2img", device="cpu", config=models["text2img"])
+    from_folder = load_pipeline(models["text2img"], task="text2img", device="cpu")
+
+    np.testing.assert_array_equal(_text2img(from_ckpt, seed=5), _text2img(from_folder, seed=5))
+
+
+class _Pickled:  # stands for the training callbacks some old .ckpt files pickle
+    pass
+
+
+def test_ckpt_that_pickles_objects_is_refused_without_unpickling_them(models, tmp_path):
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "callbacks": _Pickled()}, ckpt)
+    with pytest.raises(ModelUnavailable, match=r"convert it to .safetensors"):
+        load_pipeline(ckpt, task="text2img", device="cpu", config=models["text2img"])
+
+
 def test_single_file_without_a_config_folder_is_refused(single_file):
     with pytest.raises(
         ModelUnavailable, match=r"single checkpoint file without configs; give config="
