@@ -297,11 +297,8 @@ class LaunchForm(forms.Form, metaclass=_LaunchFormMetaclass):
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Every field's initial value: what an API body or a command leaves out takes these."""
-        return {
-            name: field.initial
-            for name, field in cls.base_fields.items()
-            if field.initial is not None
-        }
+        initial = {name: field.initial for name, field in cls.base_fields.items()}
+        return {k: v() if callable(v) else v for k, v in initial.items() if v is not None}
 
     def _field_named_in(self, message: str, cls: type[Any], prefix: str) -> str | None:
         """The form field a settings error message names (``mask.margin must …`` → ``mask__margin``)."""

@@ -82,8 +82,17 @@ def start_scoring_job(
     dataset: Dataset | None = None,
     created_by: Any = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    metric_versions: Sequence[MetricVersion] = (),
+    then_report: dict[str, Any] | None = None,
 ) -> Job:
-    names = check_metrics(metrics)
+    """``metric_versions``: versions whose weights live elsewhere (``settings["weights_dir"]``, a
+    trained Face Score) scored beside the named metrics. ``then_report``: keyword arguments of
+    ``start_report_job`` (ids, JSON-safe) for a report started when every chunk is done; the
+    metric versions this job scored are added to its ``metric_versions``."""
+    versions = list(dict.fromkeys(metric_versions))
+    for version in versions:
+        check_version_weights(version)
+    names = check_metrics(metrics) if metrics or not versions else []
     if (generation_ids is None) == (dataset is None):
         raise ScoringRefused("Score either a dataset or a list of generations.")
     if chunk_size < 1:
@@ -98,14 +107,26 @@ def start_scoring_job(
     config: dict[str, Any] = {"metrics": names, "chunk_size": chunk_size, "generations": len(ids)}
     if dataset is not None:
         config["dataset_id"] = dataset.pk
+    if versions:
+        config["metric_versions"] = [v.pk for v in versions]
+    if then_report is not None:
+        config["then_report"] = then_report
+    groups: list[tuple[str, str, MetricVersion | None]] = [
+        (name, metric_zoo.get_spec(name).level, None) for name in names
+    ] + [(v.metric, v.level, v) for v in versions]
     with transaction.atomic():
         job = Job.objects.create(kind=Job.Kind.SCORE, config=config, created_by=created_by)
         chunks = []
-        for name in names:
-            targets = _targets(metric_zoo.get_spec(name).level, ids)
-            for index, start in enumerate(range(0, len(targets), chunk_size)):
+        next_index: dict[str, int] = {}  # chunk indexes are unique per (job, metric name)
+        for name, level, version in groups:
+            targets = _targets(level, ids)
+            for start in range(0, len(targets), chunk_size):
                 part = targets[start : start + chunk_size]
-                chunks.append(ScoringChunk(job=job, metric=name, index=index, target_ids=part, size=len(part)))
+                index = next_index.get(name, 0)
+                next_index[name] = index + 1
+                chunks.append(
+                    ScoringChunk(job=job, metric=name, index=index, target_ids=part, size=len(part), metric_version=version)
+                )
         ScoringChunk.objects.bulk_create(chunks)
         total = sum(c.size for c in chunks)
         Job.objects.filter(pk=job.pk).update(progress_total=total)
@@ -114,8 +135,28 @@ def start_scoring_job(
             job_progress.succeed(job.pk, {"scored": 0, "note": "no faces to score"})
         for chunk in ScoringChunk.objects.filter(job=job).values_list("id", flat=True):
             score_chunk_task.apply_async_on_commit((chunk,), queue=settings.FACEBENCH_QUEUES["gpu"])
-    job_progress.log(job.pk, f"{len(chunks)} chunks of up to {chunk_size} targets for {', '.join(names)}")
+    scored = names + [str(v) for v in versions]
+    job_progress.log(job.pk, f"{len(chunks)} chunks of up to {chunk_size} targets for {', '.join(scored)}")
     return job
+
+
+def version_weights_dir(version: MetricVersion) -> Any:
+    """The weights dir of a version trained here (``settings["weights_dir"]``, relative to
+    ``FACEBENCH_ARTIFACTS_DIR``), or None for a version of the shared weights dir."""
+    from jobs.models import artifact_path
+
+    relative = (version.settings or {}).get("weights_dir")
+    return artifact_path(relative) if relative else None
+
+
+def check_version_weights(version: MetricVersion) -> None:
+    """Refuse a version that cannot be loaded: not trained here, or its files are gone."""
+    weights_dir = version_weights_dir(version)
+    if weights_dir is None:
+        raise ScoringRefused(f"{version} has no weights_dir: score it by metric name instead.")
+    missing = metric_zoo.missing_files(version.metric, weights_dir)
+    if missing:
+        raise ScoringRefused(f"Cannot score {version}: missing {', '.join(str(p) for p in missing)}.")
 
 
 def resume_scoring_job(job: Job) -> int:
@@ -145,11 +186,20 @@ def worker_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def loaded_metric(name: str) -> Metric:
-    """One model per worker process, built on first use (after fork: the parent never touches CUDA)."""
-    key = (name, str(settings.FACEBENCH_WEIGHTS_DIR))
+def loaded_metric(name: str, weights_dir: Any = None) -> Metric:
+    """One model per worker process, built on first use (after fork: the parent never touches CUDA).
+
+    ``weights_dir`` (a trained version's own folder) defaults to ``FACEBENCH_WEIGHTS_DIR``; only
+    the newest such trained model is kept loaded, so a worker that scores many versions in turn
+    does not hold them all in memory.
+    """
+    shared = str(settings.FACEBENCH_WEIGHTS_DIR)
+    key = (name, str(weights_dir or shared))
     if key not in _loaded:
-        _loaded[key] = metric_zoo.create(name, weights_dir=settings.FACEBENCH_WEIGHTS_DIR, device=worker_device())
+        if weights_dir is not None:
+            for old in [k for k in _loaded if k[1] != shared]:
+                del _loaded[old]
+        _loaded[key] = metric_zoo.create(name, weights_dir=weights_dir or shared, device=worker_device())
     return _loaded[key]
 
 
@@ -235,12 +285,16 @@ def run_chunk(chunk_id: int, *, batch_size: int = 32) -> None:
         return
     Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING, started_at=timezone.now())
     started = time.perf_counter()
+    preset = chunk.metric_version  # a trained version with its own weights dir, else None
     try:
-        metric = loaded_metric(chunk.metric)
-    except (metric_zoo.MetricUnavailable, metric_zoo.CheckpointMismatch) as exc:
+        metric = loaded_metric(chunk.metric, version_weights_dir(preset) if preset else None)
+    except (metric_zoo.MetricUnavailable, metric_zoo.CheckpointMismatch, ValueError) as exc:
         _fail_chunk(chunk, f"{chunk.metric}: {exc}")
         return
-    version = metric_version_for(metric)
+    if preset is not None and preset.weights_sha256 and metric.weights_sha256 != preset.weights_sha256:
+        _fail_chunk(chunk, f"{preset}: the checkpoint changed since it was registered (sha256 {metric.weights_sha256[:16]})")
+        return
+    version = preset or metric_version_for(metric)
     ids, loaders = _loaders(metric, chunk.target_ids)
     outcomes = score_inputs(metric, loaders, batch_size=batch_size)
     failed = sum(o.value is None for o in outcomes)
@@ -265,9 +319,36 @@ def _update_job(job_id: int, chunk: ScoringChunk, failed: int, seconds: float) -
     job_progress.log(job_id, f"{chunk.metric} chunk {chunk.index}: {chunk.size} targets in {seconds:.1f} s ({rate:.1f}/s){note}")
     if not ScoringChunk.objects.filter(job_id=job_id).exclude(status=ScoringChunk.Status.DONE).exists():
         summary = job_summary(job_id)
-        Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(
+        finished = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(
             status=Job.Status.SUCCEEDED, finished_at=timezone.now(), result=summary
         )
+        if finished:  # only the chunk that finished the job starts its follow-up
+            _start_follow_up_report(job_id)
+
+
+def _start_follow_up_report(job_id: int) -> None:
+    """The report a scoring job was asked to start when done (a trained Face Score's comparison)."""
+    job = Job.objects.get(pk=job_id)
+    then_report = (job.config or {}).get("then_report")
+    if not then_report:
+        return
+    from benchmark.reports import ReportRefused, start_report_job
+
+    scored = ScoringChunk.objects.filter(job_id=job_id, metric_version__isnull=False)
+    versions = list(dict.fromkeys([*then_report.get("metric_versions", []), *scored.values_list("metric_version_id", flat=True)]))
+    try:
+        report_job = start_report_job(
+            title=then_report.get("title", f"Scores of job #{job_id}"),
+            campaigns=then_report["campaigns"],
+            metric_versions=MetricVersion.objects.filter(pk__in=versions).order_by("id"),
+            settings=then_report.get("settings"),
+            created_by=job.created_by,
+        )
+    except ReportRefused as exc:
+        job_progress.log(job_id, f"follow-up report refused: {exc}")
+        return
+    Job.objects.filter(pk=job_id).update(result={**job.result, "report_job": report_job.pk})
+    job_progress.log(job_id, f"report job #{report_job.pk} started")
 
 
 def _fail_chunk(chunk: ScoringChunk, reason: str) -> None:

@@ -144,13 +144,18 @@ class CancelCheck:
 
 
 def _json_safe(value: Any) -> Any:
-    """Numbers as plain floats (tensors and numpy scalars have ``item``); NaN/inf become None."""
+    """JSON for a step record: tensors and numpy scalars as plain numbers (they have ``item``),
+    NaN/inf as None, dicts and lists kept; anything else as text."""
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, bool | int | float | str) or value is None:
         return value
+    if isinstance(value, dict):  # per-set validation accuracies
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
     return str(value)
 
 
