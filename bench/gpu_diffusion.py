@@ -7,12 +7,13 @@ a compile error in one still lets the others run):
   an image, at 512 px (latents 4×64×64, text 77×768):
   (a) ``sd_train anchor``: the standard SD 1.5 step (diffusers' train_text_to_image): full UNet in
       fp32, bf16 autocast, AdamW (foreach), eager — the issue's anchor (69.8 img/s, one H100);
-  (b) ``sd_train guidance``: the face guidance loss (ml.train.diffusion.guidance_loss), both states
-      of batch/2 pairs in one UNet call; LoRA rank 16 on to_q/to_k/to_v/to_out.0 over a frozen
-      bf16 base, channels_last, SDPA attention, fused AdamW, torch.compile (compile time printed
-      apart, excluded from the throughput); also pairs/s;
-  (c) ``sd_train dpo``: Diffusion-DPO on the same compiled LoRA UNet: the model pass (w and l,
-      with grad) and the reference pass (adapters disabled, no_grad) — 4 UNet samples per pair.
+  (b) ``sd_train guidance``: the fine-tuning loop's own step (ml.train.diffusion.optimizer_step
+      with the face guidance loss) on a device-resident latent cache: both states of batch/2
+      pairs in one UNet call; LoRA rank 16 (prepare_unet: frozen bf16 base, fp32 adapters,
+      channels_last), SDPA attention, fused AdamW, gradient clipping, torch.compile (its time
+      printed apart as "first 2 steps", excluded from the throughput); also pairs/s;
+  (c) ``sd_train dpo``: the same step with Diffusion-DPO on the same compiled LoRA UNet: the model
+      call (w and l, with grad) and the reference call (adapters off, no grad) — 4 samples/pair.
 - ``bench_sd_generation``: img/s of the sampling loop: 30 DDIM steps with classifier-free guidance
   (one UNet call on 2×batch) in bf16, channels_last, then the VAE decode to 512 px.
 
@@ -36,10 +37,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.train.diffusion import dpo_loss, guidance_loss, noisy_latents, squared_error  # noqa: E402
+from ml.train.diffusion import (  # noqa: E402
+    FinetuneConfig,
+    StepContext,
+    make_optimizer,
+    noisy_latents,
+    optimizer_step,
+    prepare_unet,
+    squared_error,
+)
+from ml.train.latents import LatentPairs  # noqa: E402
 
 TEXT_TOKENS = 77
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def unet_config(device: torch.device) -> dict[str, Any]:
@@ -195,7 +204,8 @@ def _inputs(device: torch.device, batch: int) -> tuple[torch.Tensor, torch.Tenso
 def bench_sd_training(
     device: torch.device, *, seconds: float, batch: int, compile: bool | None = None
 ) -> None:
-    """Sections (a) anchor, (b) guidance, (c) DPO; ``batch`` UNet samples per step (batch/2 pairs)."""
+    """Sections (a) anchor, (b) guidance, (c) DPO; ``batch`` UNet samples per step for the
+    anchor and per model pass (batch/2 pairs) for the LoRA steps."""
     device = torch.device(device)
     on_gpu = device.type == "cuda"
     use_compile = on_gpu if compile is None else compile
@@ -207,38 +217,29 @@ def bench_sd_training(
 
     with _section("sd_train anchor", device):
         _bench_anchor(device, seconds=seconds, batch=batch, alphas_cumprod=alphas_cumprod)
-
     with _section("sd_train lora", device):
-        unet, params, optimizer = _lora_unet(device, use_compile=use_compile)
-        mode = "compiled" if use_compile else "eager"
-        with _section("sd_train guidance", device):
-            _bench_guidance(
-                device,
-                unet,
-                params,
-                optimizer,
-                seconds=seconds,
-                pairs=pairs,
-                mode=mode,
-                alphas_cumprod=alphas_cumprod,
-            )
-        with _section("sd_train dpo", device):
-            _bench_dpo(
-                device,
-                unet,
-                params,
-                optimizer,
-                seconds=seconds,
-                pairs=pairs,
-                mode=mode,
-                alphas_cumprod=alphas_cumprod,
-            )
-        del unet, params, optimizer
+        # one LoRA UNet (and one compilation) serves both objectives, as a job would
+        unet, params, model = _lora_unet(device, use_compile=use_compile)
+        for objective in ("guidance", "dpo"):
+            with _section(f"sd_train {objective}", device):
+                _bench_lora_step(
+                    device,
+                    unet,
+                    params,
+                    model,
+                    objective=objective,
+                    seconds=seconds,
+                    pairs=pairs,
+                    mode="compiled" if use_compile else "eager",
+                    alphas_cumprod=alphas_cumprod,
+                )
+        del unet, params, model
 
 
 def _bench_anchor(
     device: torch.device, *, seconds: float, batch: int, alphas_cumprod: torch.Tensor
 ) -> None:
+    """diffusers' train_text_to_image step: fp32 weights, bf16 autocast, AdamW, MSE to ε."""
     unet = _build_unet(device, torch.float32).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
     latents, text = _inputs(device, batch)
@@ -257,32 +258,33 @@ def _bench_anchor(
     per_step = _timed(step, device, seconds=seconds)
     precision = "bf16-autocast" if device.type == "cuda" else "fp32"
     print(
-        f"sd_train anchor     full-UNet fp32 AdamW {precision} eager batch {batch:<3} {batch / per_step:8.1f} img/s{_memory(device)}"
+        f"sd_train anchor     full-UNet fp32 AdamW {precision} eager batch {batch:<3} "
+        f"{batch / per_step:8.1f} img/s{_memory(device)}"
+    )
+
+
+def _train_config(objective: str, pairs: int) -> FinetuneConfig:
+    return FinetuneConfig(
+        objective=objective, lora_rank=16, lr=1e-4, batch_size=pairs, max_steps=10**6
     )
 
 
 def _lora_unet(
     device: torch.device, *, use_compile: bool
-) -> tuple[Any, list[torch.nn.Parameter], torch.optim.Optimizer]:
-    from peft import LoraConfig
-
+) -> tuple[Any, list[torch.nn.Parameter], Any]:
+    """The training loop's own LoRA set-up (prepare_unet): frozen base in bf16 on CUDA,
+    rank-16 adapters in fp32, channels_last; plus the compiled module when asked."""
     on_gpu = device.type == "cuda"
-    unet = _build_unet(device, torch.bfloat16 if on_gpu else torch.float32)
-    unet.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+    unet = _build_unet(device, torch.float32)
+    params, _ = prepare_unet(
+        unet,
+        _train_config("guidance", 1),
+        device=device,
+        weight_dtype=torch.bfloat16 if on_gpu else torch.float32,
     )
-    # LoRA master weights in fp32; a list, not a filter() iterator, so clipping sees them
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
-    if on_gpu:
-        unet.to(memory_format=torch.channels_last)
-    unet.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=on_gpu)
-    if use_compile:
-        unet = torch.compile(unet)  # lazy: the real compile happens in each section's warm-up
-    return unet, params, optimizer
+    # compilation is lazy: it happens in the first steps, timed apart as "first 2 steps"
+    model = torch.compile(unet) if use_compile else unet
+    return unet, params, model
 
 
 def _lora_label(device: torch.device, mode: str, pairs: int) -> str:
@@ -291,116 +293,63 @@ def _lora_label(device: torch.device, mode: str, pairs: int) -> str:
     return f"LoRA-16 fp32-base AdamW {mode} pairs {pairs}"
 
 
-def _pair_inputs(
-    device: torch.device, pairs: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    z_good, text = _inputs(device, pairs)
-    z_bad = z_good.clone()
+def _random_pairs(device: torch.device, pairs: int) -> LatentPairs:
+    """A device-resident latent cache of 4 batches of random pairs that differ in a face box."""
+    count = 4 * pairs
+    z_good, text = _inputs(device, count)
     size = z_good.shape[-1]
-    mask = torch.zeros(pairs, 1, size, size, device=device)
+    mask = torch.zeros(count, 1, size, size, device=device)
     mask[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1.0
-    z_bad = z_good + mask * torch.randn_like(z_good)  # differ only in the "face"
-    return z_good, z_bad, text, mask
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
-
-
-def _bench_guidance(
-    device: torch.device,
-    unet: Any,
-    params: list[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    *,
-    seconds: float,
-    pairs: int,
-    mode: str,
-    alphas_cumprod: torch.Tensor,
-) -> None:
-    z_good, z_bad, text, mask = _pair_inputs(device, pairs)
-    text2 = torch.cat([text, text])
-
-    def step() -> None:
-        noise = torch.randn_like(z_good)
-        t = torch.randint(0, len(alphas_cumprod), (pairs,), device=device)
-        a = alphas_cumprod[t]
-        states = torch.cat([noisy_latents(z_good, noise, a), noisy_latents(z_bad, noise, a)])
-        with _autocast(device):
-            pred = unet(_channels_last(states), torch.cat([t, t]), text2).sample
-        pred_good, pred_bad = pred.chunk(2)
-        loss = guidance_loss(
-            pred_good,
-            pred_bad,
-            z_good=z_good,
-            z_bad=z_bad,
-            noise=noise,
-            alphas_cumprod_t=a,
-            latent_mask=mask,
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    first = _warm_up(step, device)
-    per_step = _timed(step, device, seconds=seconds)
-    config = _lora_label(device, mode, pairs)
-    print(f"sd_train guidance   {config}  first 2 steps {first:.1f} s (compile)")
-    print(
-        f"sd_train guidance   {config}  {2 * pairs / per_step:8.1f} img/s  {pairs / per_step:8.1f} pairs/s{_memory(device)}"
+    return LatentPairs(
+        good=z_good,
+        bad=z_good + mask * torch.randn_like(z_good),
+        mask=mask,
+        prompt_index=torch.arange(count, device=device),
+        text=text,
     )
 
 
-@contextlib.contextmanager
-def _adapters_disabled(unet: Any) -> Iterator[None]:
-    """The reference model of Diffusion-DPO: the same UNet with its LoRA switched off."""
-    base = getattr(unet, "_orig_mod", unet)  # a compiled module keeps the original here
-    base.disable_adapters()
-    try:
-        yield
-    finally:
-        base.enable_adapters()
-
-
-def _bench_dpo(
+def _bench_lora_step(
     device: torch.device,
     unet: Any,
     params: list[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
+    model: Any,
     *,
+    objective: str,
     seconds: float,
     pairs: int,
     mode: str,
     alphas_cumprod: torch.Tensor,
 ) -> None:
-    z_good, z_bad, text, _ = _pair_inputs(device, pairs)
-    text2 = torch.cat([text, text])
+    """ml.train.diffusion.optimizer_step itself: the guidance step is one UNet call on both
+    states of every pair (2 samples per pair); DPO adds the reference call on the same states
+    with the adapters off and no grad (4 samples per pair)."""
+    config = _train_config(objective, pairs)
+    on_gpu = device.type == "cuda"
+    context = StepContext(
+        config=config,
+        prediction_type="epsilon",
+        alphas_cumprod=alphas_cumprod,
+        device=device,
+        compute_dtype=torch.bfloat16 if on_gpu else torch.float32,
+    )
+    cached = _random_pairs(device, pairs)
+    optimizer = make_optimizer(params, config, device)
+    generator = torch.Generator(device).manual_seed(0)
+    steps = iter(range(10**9))
 
     def step() -> None:
-        noise = torch.randn_like(z_good)
-        t = torch.randint(0, len(alphas_cumprod), (pairs,), device=device)
-        a = alphas_cumprod[t]
-        states = _channels_last(
-            torch.cat([noisy_latents(z_good, noise, a), noisy_latents(z_bad, noise, a)])
-        )
-        t2, target = torch.cat([t, t]), torch.cat([noise, noise])
-        with torch.no_grad(), _adapters_disabled(unet), _autocast(device):
-            ref_err = squared_error(unet(states, t2, text2).sample, target)
-        with _autocast(device):
-            model_err = squared_error(unet(states, t2, text2).sample, target)
-        loss = dpo_loss(*model_err.chunk(2), *ref_err.chunk(2), beta=5000.0)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, params, optimizer, cached, context, generator, next(steps))
 
     first = _warm_up(step, device)
     per_step = _timed(step, device, seconds=seconds)
-    config = _lora_label(device, mode, pairs)
-    print(f"sd_train dpo        {config}  first 2 steps {first:.1f} s (compile)")
+    samples = (2 if objective == "guidance" else 4) * pairs
+    label = f"sd_train {objective:<10} {_lora_label(device, mode, pairs)}"
     print(
-        f"sd_train dpo        {config}  {4 * pairs / per_step:8.1f} img/s  {pairs / per_step:8.1f} pairs/s{_memory(device)}"
+        f"{label}  first 2 steps {first:.1f} s ({'compile' if mode == 'compiled' else 'warm-up'})"
+    )
+    print(
+        f"{label}  {samples / per_step:8.1f} img/s  {pairs / per_step:8.1f} pairs/s{_memory(device)}"
     )
 
 
@@ -452,7 +401,7 @@ def _bench_generation(
         scheduler.set_timesteps(steps, device=device)
         latents = latents0.to(dtype)
         for t in scheduler.timesteps:
-            pred = unet(_channels_last(torch.cat([latents, latents])), t, text2).sample
+            pred = unet(torch.cat([latents, latents]), t, text2).sample
             uncond, cond = pred.chunk(2)
             latents = scheduler.step(uncond + 7.5 * (cond - uncond), t, latents).prev_sample
         return vae.decode(latents / scaling).sample
