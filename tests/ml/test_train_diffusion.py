@@ -268,6 +268,39 @@ def test_a_lora_step_changes_the_adapters_and_no_frozen_bit():
             assert torch.equal(param, before[name]), name
 
 
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    results = []
+    for checkpointing in (False, True):
+        config = FinetuneConfig(lora_rank=4, gradient_checkpointing=checkpointing, resolution=64)
+        unet = tiny_components()["unet"]
+        params, _ = prepare_unet(
+            unet, config, device=torch.device("cpu"), weight_dtype=torch.float32
+        )
+        assert unet.is_gradient_checkpointing == checkpointing
+        with torch.no_grad():  # nonzero B, so every LoRA factor gets a gradient
+            for name, param in unet.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.01, generator=torch.Generator().manual_seed(len(name)))
+        loss, _ = compute_loss(
+            unet, _tiny_batch(), _context(config), torch.Generator().manual_seed(0)
+        )
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in params]))
+    (loss_plain, grads_plain), (loss_checkpointed, grads_checkpointed) = results
+    assert loss_checkpointed == pytest.approx(loss_plain, rel=1e-6)
+    for plain, checkpointed in zip(grads_plain, grads_checkpointed, strict=True):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-4, atol=1e-7)
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    from ml.train.diffusion import _checkpoints, _save_checkpoint
+
+    for step in (2, 4, 6):
+        _save_checkpoint(tmp_path, {"step": step}, limit=2)
+    assert [p.name for p in _checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+
+
 # --- the finetune loop --------------------------------------------------------------------------
 
 
