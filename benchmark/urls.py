@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from benchmark import report_views, views
+from benchmark import launch_views, report_views, views
 
-urlpatterns = views.urlpatterns + report_views.urlpatterns
+urlpatterns = views.urlpatterns + report_views.urlpatterns + launch_views.urlpatterns
 
 __all__ = ["urlpatterns"]

@@ -115,6 +115,30 @@ def _export(w: World) -> int:
     return job.pk
 
 
+def _craft_job(w: World) -> int:
+    """A finished crafting job with one pair and one artifact file, so its pages have content."""
+    from PIL import Image
+
+    from benchmark.models import FacePair
+    from benchmark.pairs import store_png
+
+    job = Job.objects.create(kind=Job.Kind.CRAFT_PAIRS, status=Job.Status.SUCCEEDED, config={"source": "folder"})
+    image = store_png(Image.fromarray(flat_image(64, 64)))
+    FacePair.objects.create(
+        crafting_job=job, source_key="file:a.png", face_index=0, box=[1, 1, 9, 9], seed=0,
+        good_image=image, bad_image=image, mask_image=image,
+    )
+    job.artifact_dir.mkdir(parents=True, exist_ok=True)
+    (job.artifact_dir / "notes.txt").write_text("artifact")
+    return job.pk
+
+
+def _pair(w: World) -> int:
+    from benchmark.models import FacePair
+
+    return FacePair.objects.get(crafting_job_id=_craft_job(w)).pk
+
+
 RULES: dict[str, Rule] = {
     "schema": Rule("get", lambda w: "/api/schema/", LOGGED_IN),
     "api-docs": Rule("get", lambda w: "/api/docs/", LOGGED_IN),
@@ -152,6 +176,18 @@ RULES: dict[str, Rule] = {
     "campaign-snapshot": Rule("post", lambda w: f"/research/campaigns/{_c(w)}/snapshot/", RESEARCH),
     "export-job": Rule("get", lambda w: f"/research/exports/{_export(w)}/", RESEARCH),
     "export-download": Rule("get", lambda w: f"/research/exports/{_export(w)}/download/", RESEARCH),
+    # launched jobs (pair crafting, training): admins launch and cancel, researchers read
+    "jobs": Rule("get", lambda w: "/jobs/", RESEARCH),
+    "launch": Rule("get", lambda w: "/launch/", {ADMIN}),
+    "launch-kind": Rule("get", lambda w: "/launch/craft_pairs/", {ADMIN}),
+    "job-detail": Rule("get", lambda w: f"/jobs/{_craft_job(w)}/", RESEARCH),
+    "job-cancel": Rule("post", lambda w: f"/jobs/{w.scoring_job}/cancel/", {ADMIN}),
+    "job-artifact": Rule("get", lambda w: f"/jobs/{_craft_job(w)}/artifacts/notes.txt", RESEARCH),
+    "pair-image": Rule("get", lambda w: f"/pairs/{_pair(w)}/bad.png", RESEARCH),
+    "api-launch-kinds": Rule("get", lambda w: "/api/launch/", {ADMIN}),
+    "api-launch": Rule("post", lambda w: "/api/launch/craft_pairs/", {ADMIN}),
+    "api-job-progress": Rule("get", lambda w: f"/api/jobs/{_craft_job(w)}/progress/", RESEARCH),
+    "api-job-cancel": Rule("post", lambda w: f"/api/jobs/{w.scoring_job}/cancel/", {ADMIN}),
     # API
     "api-datasets": Rule("get", lambda w: "/api/datasets/", RESEARCH),
     "api-dataset": Rule("get", lambda w: f"/api/datasets/{w.dataset}/", RESEARCH),
