@@ -18,7 +18,8 @@ a compile error in one still lets the others run):
   (one UNet call on 2×batch) in bf16, channels_last, then the VAE decode to 512 px.
 
 On the CPU the same code runs with a tiny UNet/VAE config and 1–2 iterations so it is tested
-here. Standalone: ``python bench/gpu_diffusion.py [--no-compile] [--seconds S] [--batch B]``.
+here. Standalone: ``python bench/gpu_diffusion.py [--no-compile] [--seconds S] [--batch B]``;
+through bench/gpu.py, ``BENCH_COMPILE=0`` runs the LoRA sections eager.
 The device image has no diffusers: carry a copy of its package folder and put it on PYTHONPATH.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -208,7 +210,9 @@ def bench_sd_training(
     anchor and per model pass (batch/2 pairs) for the LoRA steps."""
     device = torch.device(device)
     on_gpu = device.type == "cuda"
-    use_compile = on_gpu if compile is None else compile
+    if compile is None:  # BENCH_COMPILE=0/1 reaches this through bench/gpu.py, which has no flag
+        compile = os.environ.get("BENCH_COMPILE", "1" if on_gpu else "0") != "0"
+    use_compile = compile
     pairs = max(batch // 2, 1)
     alphas_cumprod = _alphas_cumprod(device)
     if on_gpu:
