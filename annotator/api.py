@@ -34,11 +34,7 @@ from annotator.serializers import (
     GenerationSerializer,
     GoldItemSerializer,
     ItemRefSerializer,
-    JudgmentAckSerializer,
-    JudgmentCreateSerializer,
     JudgmentSerializer,
-    NextItemsRequestSerializer,
-    NextItemsSerializer,
     ResearcherJudgmentSerializer,
     item_for_annotator,
 )
@@ -60,6 +56,7 @@ def _member_campaign(request: Request, pk: int) -> Campaign:
     return get_object_or_404(Campaign, pk=pk, memberships__annotator=_user(request))
 
 
+# POST /api/campaigns/{id}/next/ is annotator.hot_path.next_items, not an action here.
 class CampaignViewSet(viewsets.ModelViewSet):
     """Researchers manage campaigns; annotators list theirs and work through them."""
 
@@ -77,7 +74,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
         return CampaignSerializer if is_researcher(self.request.user) else AnnotatorCampaignSerializer
 
     def get_permissions(self) -> list[permissions.BasePermission]:
-        if self.action in ("list", "retrieve", "next", "skip", "undo"):
+        if self.action in ("list", "retrieve", "skip", "undo"):
             return [permissions.IsAuthenticated()]
         return [permissions.IsAuthenticated(), IsResearcher()]
 
@@ -100,20 +97,6 @@ class CampaignViewSet(viewsets.ModelViewSet):
                 campaign_services.add_annotators(campaign=campaign, users=annotators)
             except engine.Refused as error:
                 raise ValidationError(error.message) from None
-
-    @extend_schema(request=NextItemsRequestSerializer, responses=NextItemsSerializer)
-    @action(detail=True, methods=["post"])
-    def next(self, request: Request, pk: int) -> Response:
-        """Lease up to ``count`` items (held leases first), for the screen and its prefetch."""
-        campaign = _member_campaign(request, pk)
-        params = NextItemsRequestSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        try:
-            result = engine.claim_items(campaign=campaign, annotator=_user(request), count=params.validated_data["count"])
-        except engine.Refused as error:
-            return _refused(error)
-        items = [item_for_annotator(a, campaign.protocol) for a in result.assignments]
-        return Response({"items": items, "paused": result.paused, "message": result.message})
 
     @extend_schema(request=ItemRefSerializer, responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["post"])
@@ -180,8 +163,9 @@ class CampaignViewSet(viewsets.ModelViewSet):
         return judgment_export_response(campaign, fmt)
 
 
-class JudgmentViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """POST is idempotent on ``idempotency_key``: a retry answers 200 with the stored judgment."""
+# POST /api/judgments/ (submit) is annotator.hot_path.judgments, which hands GET to this viewset.
+class JudgmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Annotators see their own judgments; researchers see every judgment."""
 
     def get_queryset(self) -> QuerySet[Judgment]:
         user = self.request.user
@@ -196,8 +180,6 @@ class JudgmentViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         return judgments
 
     def get_serializer_class(self) -> type:
-        if self.action == "create":
-            return JudgmentCreateSerializer
         return ResearcherJudgmentSerializer if is_researcher(self.request.user) else JudgmentSerializer
 
     def get_serializer_context(self) -> dict[str, Any]:
@@ -207,34 +189,6 @@ class JudgmentViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
                 (m.annotator_id): m.pseudonym for m in Membership.objects.only("annotator_id", "pseudonym")
             }
         return context
-
-    @extend_schema(request=JudgmentCreateSerializer, responses={201: JudgmentAckSerializer, 200: JudgmentAckSerializer})
-    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        if not is_annotator(request.user):
-            raise PermissionDenied("Only annotators submit judgments.")
-        body = JudgmentCreateSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
-        try:
-            result = engine.submit_judgment(
-                annotator=_user(request),
-                item_id=data["item"],
-                idempotency_key=data["idempotency_key"],
-                rating=data.get("rating"),
-                choice=data.get("choice", ""),
-                flag=data.get("flag", ""),
-                time_on_screen_ms=data["time_on_screen_ms"],
-            )
-        except engine.Refused as error:
-            return _refused(error)
-        ack = {
-            "judgment_id": result.judgment.pk,
-            "item": result.judgment.item_id,
-            "duplicate": not result.created,
-            "gold_paused": result.paused,
-            "message": result.message,
-        }
-        return Response(ack, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class GenerationViewSet(viewsets.ReadOnlyModelViewSet):

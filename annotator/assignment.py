@@ -1,36 +1,48 @@
 """The assignment engine: claiming items, submitting, skipping and undoing judgments.
 
-Claiming the next item for an annotator, in one transaction:
-1. Lock the annotator's ``Membership`` row: one annotator's claims never interleave, and a paused
-   annotator gets nothing.
+Claiming and submitting are the annotation hot path (every screen does one of each), so they are
+written as a few hand-written SQL statements rather than ORM chains; the rules are the same on
+both databases, and only PostgreSQL's row-lock clauses differ.
+
+Claiming the next items for an annotator, in one transaction:
+1. Lock the annotator's ``Membership`` row (with the campaign's settings): one annotator's claims
+   never interleave, and a paused annotator gets nothing.
 2. Return the leases they already hold (a reload shows the same queue), then top up to ``count``:
 3. Decide gold or regular: a gold item is due while gold served < gold share × items served.
 4. Pick a candidate the annotator has not answered, skipped or still holds, with room left
-   (judgments + live leases < k), nearest completion first; lock it with
-   ``select_for_update(skip_locked=True)`` so concurrent claimers take different rows, then
-   recount its live leases under the lock (a lease is only ever created while its item row is
-   locked, so the recount is exact) and move on if it filled up meanwhile.
-5. Create the ``Assignment`` (lease) with an expiry; expired leases simply stop counting.
+   (judgments + live leases < k), nearest completion first, and lock it with
+   ``FOR UPDATE SKIP LOCKED`` so concurrent claimers take different rows.
+5. Create (or renew, if their own lease of it expired unanswered) the ``Assignment`` in a new
+   statement that recounts the item's live leases: a new statement sees every lease committed
+   before it, and a lease is only ever created while its item row is locked, so the recount is
+   exact. If the item filled up meanwhile, step over it and lock the next candidate.
+6. Bump the membership's served counters once for everything claimed.
 
-Submitting locks the item row, checks the lease, the cap and the idempotency key, then stores the
-judgment and bumps ``Item.judgment_count``, which a CHECK constraint keeps ``<= k``.
+Submitting, in one transaction: one statement locks the item, the lease and the membership (in
+that order, like undo) and reads the campaign and any judgment already stored under the
+idempotency key; the rules are checked in Python on that row; one more statement stores the
+judgment (``ON CONFLICT DO NOTHING``) and, only if it was stored, bumps ``Item.judgment_count``
+(which a CHECK constraint keeps ``<= k``), closes the lease and records a gold answer.
 
-On SQLite ``select_for_update`` is a no-op, but every transaction begins IMMEDIATE (see settings),
+On SQLite ``FOR UPDATE`` does not exist, but every transaction begins IMMEDIATE (see settings),
 so all of this runs one writer at a time and stays correct.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F, QuerySet
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from annotator.models import Assignment, Campaign, Item, Judgment, Membership
 
@@ -39,6 +51,29 @@ logger = logging.getLogger(__name__)
 # How many locked-but-full candidates to step over before giving up on one claim.
 MAX_CANDIDATES_PER_CLAIM = 50
 MAX_CLAIM_COUNT = 8
+
+ACTIVE, SUBMITTED, SKIPPED = Assignment.Status.ACTIVE, Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED
+
+_ITEM = Item._meta.db_table
+_ASSIGNMENT = Assignment._meta.db_table
+_MEMBERSHIP = Membership._meta.db_table
+_CAMPAIGN = Campaign._meta.db_table
+_JUDGMENT = Judgment._meta.db_table
+
+# Every Item column but created_at, so claimed items come back as whole model instances.
+_ITEM_FIELDS = [
+    "id",
+    "campaign_id",
+    "face_id",
+    "left_face_id",
+    "right_face_id",
+    "is_gold",
+    "gold_answer",
+    "judgments_wanted",
+    "judgment_count",
+    "screen",
+]
+_ITEM_COLUMNS = ", ".join(f"i.{name}" for name in _ITEM_FIELDS)
 
 
 class Refused(Exception):
@@ -55,6 +90,7 @@ class ClaimResult:
     assignments: list[Assignment] = field(default_factory=list)
     paused: bool = False
     message: str = ""
+    protocol: str = ""
 
 
 @dataclass
@@ -73,8 +109,46 @@ def _locked(qs: QuerySet, *, skip_locked: bool = False) -> QuerySet:
     return qs
 
 
-def _live_leases(now: datetime) -> Q:
-    return Q(status=Assignment.Status.ACTIVE, expires_at__gt=now)
+def _for_update(aliases: str, *, skip_locked: bool = False) -> str:
+    """The row-lock clause for a raw statement; nothing on SQLite, where the whole transaction
+    holds the write lock from BEGIN IMMEDIATE."""
+    if not connection.features.has_select_for_update:
+        return ""
+    return f" FOR UPDATE OF {aliases}" + (" SKIP LOCKED" if skip_locked else "")
+
+
+def _db_datetime(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _py_datetime(value: Any) -> datetime:
+    """A timestamp read by a raw cursor: aware already on PostgreSQL, UTC text on SQLite."""
+    if isinstance(value, datetime):
+        return value if timezone.is_aware(value) else timezone.make_aware(value, UTC)
+    parsed = parse_datetime(value)
+    assert parsed is not None, value
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, UTC)
+
+
+def _fetchone(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def _fetchall(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _item_from_row(values: Sequence[Any]) -> Item:
+    """An Item from the ``_ITEM_COLUMNS`` of a raw row (created_at stays deferred)."""
+    values = list(values)
+    values[5] = bool(values[5])  # is_gold: 0/1 on SQLite
+    if isinstance(values[9], str):
+        values[9] = json.loads(values[9])  # screen: JSON text from either backend's raw cursor
+    return Item.from_db(connection.alias, _ITEM_FIELDS, values)
 
 
 def _membership_for_update(campaign: Campaign, annotator: User) -> Membership:
@@ -84,137 +158,267 @@ def _membership_for_update(campaign: Campaign, annotator: User) -> Membership:
         raise Refused("You are not an annotator of this campaign.", status=404) from None
 
 
-def _pause_message(membership: Membership) -> str:
-    return membership.pause_reason or "You are paused in this campaign. A researcher will review your work."
+def _pause_message(reason: str) -> str:
+    return reason or "You are paused in this campaign. A researcher will review your work."
+
+
+# --- Claiming --------------------------------------------------------------------------------
 
 
 def claim_items(
     *, campaign: Campaign, annotator: User, count: int = 1, now: datetime | None = None
 ) -> ClaimResult:
     """Leases for up to ``count`` items, in the order the annotator should see them."""
+    return claim(campaign_id=campaign.pk, annotator_id=annotator.pk, count=count, now=now)
+
+
+@dataclass
+class _Claimer:
+    """One claim transaction's view of the membership it has locked."""
+
+    campaign_id: int
+    annotator_id: int
+    membership_id: int
+    items_served: int
+    gold_served: int
+    overlap_k: int
+    gold_share: float
+    lease_seconds: int
+    now: datetime
+
+
+def claim(*, campaign_id: int, annotator_id: int, count: int = 1, now: datetime | None = None) -> ClaimResult:
+    """``claim_items`` by ids, for callers (the hot-path views) that have no model instances."""
     now = now or timezone.now()
     count = max(1, min(count, MAX_CLAIM_COUNT))
     with transaction.atomic():
-        membership = _membership_for_update(campaign, annotator)
-        if membership.is_paused:
-            return ClaimResult(paused=True, message=_pause_message(membership))
-        if campaign.status != Campaign.Status.ACTIVE:
-            return ClaimResult(message=f"This campaign is {campaign.status}; there is nothing to annotate.")
-        held = list(
-            Assignment.objects.filter(annotator=annotator, item__campaign=campaign)
-            .filter(_live_leases(now))
-            .select_related("item")
-            .order_by("display_index")[:count]
+        row = _fetchone(
+            f"SELECT m.id, m.items_served, m.gold_served, m.paused_at, m.pause_reason,"
+            f" c.status, c.protocol, c.overlap_k, c.gold_share, c.lease_seconds"
+            f" FROM {_MEMBERSHIP} m JOIN {_CAMPAIGN} c ON c.id = m.campaign_id"
+            f" WHERE m.campaign_id = %s AND m.annotator_id = %s" + _for_update("m"),
+            (campaign_id, annotator_id),
         )
+        if row is None:
+            raise Refused("You are not an annotator of this campaign.", status=404)
+        membership_id, items_served, gold_served, paused_at, pause_reason, status, protocol, k, gold_share, lease_s = row
+        if paused_at is not None:
+            return ClaimResult(paused=True, message=_pause_message(pause_reason), protocol=protocol)
+        if status != Campaign.Status.ACTIVE:
+            return ClaimResult(message=f"This campaign is {status}; there is nothing to annotate.", protocol=protocol)
+        held = _held_leases(campaign_id, annotator_id, now, count)
+        claimer = _Claimer(campaign_id, annotator_id, membership_id, items_served, gold_served, k, gold_share, lease_s, now)
         while len(held) < count:
-            assignment = _claim_one(campaign, membership, now)
+            assignment = _claim_one(claimer)
             if assignment is None:
                 break
             held.append(assignment)
+        claimed = claimer.items_served - items_served
+        if claimed:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {_MEMBERSHIP} SET items_served = items_served + %s, gold_served = gold_served + %s"
+                    f" WHERE id = %s",
+                    (claimed, claimer.gold_served - gold_served, membership_id),
+                )
     message = "" if held else "No more items for you in this campaign. Thank you!"
-    return ClaimResult(assignments=held, message=message)
+    return ClaimResult(assignments=held, message=message, protocol=protocol)
 
 
-def _claim_one(campaign: Campaign, membership: Membership, now: datetime) -> Assignment | None:
-    gold_due = campaign.gold_share > 0 and membership.gold_served < campaign.gold_share * (membership.items_served + 1)
+def _lease(item: Item, *, lease_id: int, annotator_id: int, display_index: int, created_at: datetime, expires_at: datetime) -> Assignment:
+    assignment = Assignment.from_db(
+        connection.alias,
+        ["id", "item_id", "annotator_id", "status", "display_index", "created_at", "expires_at"],
+        [lease_id, item.pk, annotator_id, ACTIVE, display_index, created_at, expires_at],
+    )
+    assignment.item = item
+    return assignment
+
+
+def _held_leases(campaign_id: int, annotator_id: int, now: datetime, count: int) -> list[Assignment]:
+    rows = _fetchall(
+        f"SELECT a.id, a.display_index, a.created_at, a.expires_at, {_ITEM_COLUMNS}"
+        f" FROM {_ASSIGNMENT} a JOIN {_ITEM} i ON i.id = a.item_id"
+        f" WHERE a.annotator_id = %s AND i.campaign_id = %s AND a.status = %s AND a.expires_at > %s"
+        f" ORDER BY a.display_index LIMIT %s",
+        (annotator_id, campaign_id, ACTIVE, _db_datetime(now), count),
+    )
+    return [
+        _lease(
+            _item_from_row(row[4:]),
+            lease_id=row[0],
+            annotator_id=annotator_id,
+            display_index=row[1],
+            created_at=_py_datetime(row[2]),
+            expires_at=_py_datetime(row[3]),
+        )
+        for row in rows
+    ]
+
+
+def _claim_one(claimer: _Claimer) -> Assignment | None:
+    gold_due = claimer.gold_share > 0 and claimer.gold_served < claimer.gold_share * (claimer.items_served + 1)
     # Gold first when due (falling back to regular items); never a stream of gold items alone,
     # which would tell the annotator which items are the checks.
     for is_gold in (True, False) if gold_due else (False,):
-        item = _lock_candidate(campaign, membership, is_gold=is_gold, now=now)
-        if item is not None:
-            # A lease of this annotator's that expired unanswered is renewed in place (one row per
-            # item and annotator, ever), at a new position in their sequence.
-            assignment, _ = Assignment.objects.update_or_create(
-                item=item,
-                annotator_id=membership.annotator_id,
-                defaults={
-                    "status": Assignment.Status.ACTIVE,
-                    "display_index": membership.items_served,
-                    "created_at": now,
-                    "expires_at": now + timedelta(seconds=campaign.lease_seconds),
-                },
-            )
-            Membership.objects.filter(pk=membership.pk).update(
-                items_served=F("items_served") + 1, gold_served=F("gold_served") + int(is_gold)
-            )
-            membership.items_served += 1
-            membership.gold_served += int(is_gold)
+        assignment = _lease_candidate(claimer, is_gold=is_gold)
+        if assignment is not None:
+            claimer.items_served += 1
+            claimer.gold_served += int(is_gold)
             return assignment
     return None
 
 
-def _lock_candidate(campaign: Campaign, membership: Membership, *, is_gold: bool, now: datetime) -> Item | None:
-    live_leases = (
-        Assignment.objects.filter(item=OuterRef("pk"))
-        .filter(_live_leases(now))
-        .values("item")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
+# Live leases of item ``i``; expired leases simply stop counting.
+_LIVE_LEASES = f"(SELECT COUNT(*) FROM {_ASSIGNMENT} l WHERE l.item_id = i.id AND l.status = %s AND l.expires_at > %s)"
+
+
+def _lease_candidate(claimer: _Claimer, *, is_gold: bool) -> Assignment | None:
+    now = _db_datetime(claimer.now)
     # Never an item this annotator answered, skipped or holds now; one whose lease expired
     # unanswered may come back to them like to anyone else.
     not_again = (
-        Assignment.objects.filter(annotator_id=membership.annotator_id, item__campaign=campaign)
-        .exclude(status=Assignment.Status.ACTIVE, expires_at__lte=now)
-        .values("item_id")
+        f"NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.item_id = i.id AND a.annotator_id = %s"
+        f" AND (a.status <> %s OR a.expires_at > %s))"
     )
-    candidates = Item.objects.filter(campaign=campaign, is_gold=is_gold).exclude(pk__in=not_again)
+    params: list[Any] = [claimer.campaign_id, is_gold, claimer.annotator_id, ACTIVE, now]
     if is_gold:
-        candidates = candidates.order_by("judgment_count", "id")
+        # Gold items have no k: every annotator may see each once; least-seen first.
+        room, order = "", "i.judgment_count, i.id"
     else:
-        candidates = (
-            candidates.annotate(leases=Coalesce(Subquery(live_leases), Value(0)))
-            .filter(judgment_count__lt=F("judgments_wanted") - F("leases"))
-            .order_by("-judgment_count", "id")  # nearest completion first
-        )
+        # Items are made with judgments_wanted = the campaign's k, so complete items sit at the
+        # top of the claim-order index: the first bound lets the scan start below them.
+        room = f" AND i.judgment_count < %s AND i.judgment_count + {_LIVE_LEASES} < i.judgments_wanted"
+        order = "i.judgment_count DESC, i.id"  # nearest completion first
+        params += [claimer.overlap_k, ACTIVE, now]
     skipped: list[int] = []
     for _ in range(MAX_CANDIDATES_PER_CLAIM):
-        item = _locked(candidates.exclude(pk__in=skipped), skip_locked=True).first()
-        if item is None:
+        stepped_over = f" AND i.id NOT IN ({', '.join(['%s'] * len(skipped))})" if skipped else ""
+        row = _fetchone(
+            f"SELECT {_ITEM_COLUMNS} FROM {_ITEM} i WHERE i.campaign_id = %s AND i.is_gold = %s AND {not_again}"
+            f"{room}{stepped_over} ORDER BY {order} LIMIT 1" + _for_update("i", skip_locked=True),
+            [*params, *skipped],
+        )
+        if row is None:
             return None
-        if is_gold:
-            return item
-        leases = Assignment.objects.filter(item=item).filter(_live_leases(now)).count()
-        if item.judgments_wanted is not None and item.judgment_count + leases < item.judgments_wanted:
-            return item
+        item = _item_from_row(row)
+        assignment = _insert_lease(claimer, item)
+        if assignment is not None:
+            return assignment
         skipped.append(item.pk)
     return None
 
 
-def _gold_correct(item: Item, judgment: Judgment, tolerance: int) -> bool:
-    expected = item.gold_answer
-    if judgment.rating is not None:
+def _insert_lease(claimer: _Claimer, item: Item) -> Assignment | None:
+    """The lease, unless the item filled up since the candidate query's snapshot.
+
+    A lease of this annotator's that expired unanswered is renewed in place (one row per item and
+    annotator, ever), at a new position in their sequence.
+    """
+    expires_at = claimer.now + timedelta(seconds=claimer.lease_seconds)
+    row = _fetchone(
+        f"INSERT INTO {_ASSIGNMENT} (item_id, annotator_id, status, display_index, created_at, expires_at)"
+        f" SELECT %s, %s, %s, %s, %s, %s"
+        f" WHERE %s OR (SELECT judgment_count + {_LIVE_LEASES} FROM {_ITEM} i WHERE i.id = %s) < %s"
+        f" ON CONFLICT (item_id, annotator_id) DO UPDATE SET status = excluded.status,"
+        f" display_index = excluded.display_index, created_at = excluded.created_at, expires_at = excluded.expires_at"
+        f" RETURNING id",
+        (
+            item.pk,
+            claimer.annotator_id,
+            ACTIVE,
+            claimer.items_served,
+            _db_datetime(claimer.now),
+            _db_datetime(expires_at),
+            item.is_gold,
+            ACTIVE,
+            _db_datetime(claimer.now),
+            item.pk,
+            item.judgments_wanted or 0,
+        ),
+    )
+    if row is None:
+        return None
+    return _lease(
+        item,
+        lease_id=row[0],
+        annotator_id=claimer.annotator_id,
+        display_index=claimer.items_served,
+        created_at=claimer.now,
+        expires_at=expires_at,
+    )
+
+
+# --- Submitting ------------------------------------------------------------------------------
+
+
+def _gold_correct(gold_answer: str, *, rating: int | None, answer: str, tolerance: int) -> bool:
+    if rating is not None:
         try:
-            return abs(judgment.rating - int(expected)) <= tolerance
+            return abs(rating - int(gold_answer)) <= tolerance
         except ValueError:
             return False
-    return judgment.answer == expected
+    return answer == gold_answer
 
 
-def _answer_fields(protocol: str, *, rating: int | None, choice: str, flag: str) -> dict[str, object]:
+def _answer_fields(*, rating: int | None, choice: str, flag: str) -> dict[str, Any]:
+    """The one answer given, checked as far as it can be without knowing the campaign."""
     given = [name for name, value in (("rating", rating), ("choice", choice), ("flag", flag)) if value not in (None, "")]
     if len(given) != 1:
         raise Refused("Give exactly one of rating, choice or flag.", status=400)
-    if flag:
-        if flag not in Judgment.Flag.values:
-            raise Refused(f"Unknown flag {flag!r}; use one of {', '.join(Judgment.Flag.values)}.", status=400)
-        return {"flag": flag}
+    if flag and flag not in Judgment.Flag.values:
+        raise Refused(f"Unknown flag {flag!r}; use one of {', '.join(Judgment.Flag.values)}.", status=400)
+    return {"rating": rating, "choice": choice or "", "flag": flag or ""}
+
+
+def _check_answer_fits(protocol: str, answer: dict[str, Any]) -> None:
+    if answer["flag"]:
+        return
     if protocol == Campaign.Protocol.LIKERT:
+        rating = answer["rating"]
         if rating is None or not 1 <= rating <= 5:
             raise Refused("This campaign asks for a rating from 1 to 5.", status=400)
-        return {"rating": rating}
-    if choice not in Judgment.Choice.values:
+    elif answer["choice"] not in Judgment.Choice.values:
         raise Refused(f"This campaign asks for a choice: one of {', '.join(Judgment.Choice.values)}.", status=400)
-    return {"choice": choice}
 
 
-def _existing_for_key(key: uuid.UUID, annotator: User, item_id: int) -> Judgment | None:
-    existing = Judgment.objects.filter(idempotency_key=key).first()
-    if existing is None:
+def _stored_judgment(judgment_id: int, annotator_id: int, item_id: int) -> Judgment:
+    """The judgment a retried key refers to, as far as the acknowledgement needs it (the rest
+    loads on access)."""
+    return Judgment.from_db(connection.alias, ["id", "annotator_id", "item_id"], [judgment_id, annotator_id, item_id])
+
+
+def _existing_for_key(key: uuid.UUID, annotator_id: int, item_id: int) -> Judgment | None:
+    row = _fetchone(
+        f"SELECT id, annotator_id, item_id FROM {_JUDGMENT} WHERE idempotency_key = %s", (_db_uuid(key),)
+    )
+    if row is None:
         return None
-    if existing.annotator_id != annotator.pk or existing.item_id != item_id:
+    return _replay_or_refuse(row, annotator_id, item_id)
+
+
+def _replay_or_refuse(row: Sequence[Any], annotator_id: int, item_id: int) -> Judgment:
+    judgment_id, owner_id, judged_item_id = row
+    if owner_id != annotator_id or judged_item_id != item_id:
         raise Refused("This idempotency key was already used for another judgment.", status=409)
-    return existing
+    return _stored_judgment(judgment_id, owner_id, judged_item_id)
+
+
+def _db_uuid(key: uuid.UUID) -> Any:
+    return Judgment._meta.get_field("idempotency_key").get_db_prep_value(key, connection)
+
+
+def _replayed(judgment: Judgment) -> SubmitResult:
+    """The answer to a retried submit: the stored judgment, and the pause state as it is now, so
+    a client whose first acknowledgement was lost still learns that this answer paused it."""
+    membership = Membership.objects.filter(campaign__items=judgment.item_id, annotator_id=judgment.annotator_id).first()
+    return _replay_result(judgment, membership.pause_reason if membership and membership.is_paused else None)
+
+
+def _replay_result(judgment: Judgment, pause_reason: str | None) -> SubmitResult:
+    if pause_reason is None:
+        return SubmitResult(judgment=judgment, created=False)
+    return SubmitResult(judgment=judgment, created=False, paused=True, message=_pause_message(pause_reason))
 
 
 def submit_judgment(
@@ -229,116 +433,244 @@ def submit_judgment(
     now: datetime | None = None,
 ) -> SubmitResult:
     """Store one judgment exactly once. A retry with the same key returns the stored judgment."""
+    return submit(
+        annotator_id=annotator.pk,
+        item_id=item_id,
+        idempotency_key=idempotency_key,
+        rating=rating,
+        choice=choice,
+        flag=flag,
+        time_on_screen_ms=time_on_screen_ms,
+        now=now,
+    )
+
+
+def submit(
+    *,
+    annotator_id: int,
+    item_id: int,
+    idempotency_key: uuid.UUID,
+    rating: int | None = None,
+    choice: str = "",
+    flag: str = "",
+    time_on_screen_ms: int = 0,
+    now: datetime | None = None,
+) -> SubmitResult:
+    """``submit_judgment`` by ids, for callers (the hot-path views) that have no model instances."""
     now = now or timezone.now()
-    existing = _existing_for_key(idempotency_key, annotator, item_id)
-    if existing is not None:
-        return _replayed(existing)
+    answer = _answer_fields(rating=rating, choice=choice, flag=flag)
     try:
         with transaction.atomic():
             return _submit_locked(
-                annotator=annotator,
+                annotator_id=annotator_id,
                 item_id=item_id,
                 idempotency_key=idempotency_key,
-                rating=rating,
-                choice=choice,
-                flag=flag,
-                time_on_screen_ms=time_on_screen_ms,
+                answer=answer,
+                time_on_screen_ms=max(0, int(time_on_screen_ms)),
                 now=now,
             )
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its judgment.
-        existing = _existing_for_key(idempotency_key, annotator, item_id)
+        existing = _existing_for_key(idempotency_key, annotator_id, item_id)
         if existing is None:
             raise
         return _replayed(existing)
 
 
-def _replayed(judgment: Judgment) -> SubmitResult:
-    """The answer to a retried submit: the stored judgment, and the pause state as it is now, so
-    a client whose first acknowledgement was lost still learns that this answer paused it."""
-    membership = Membership.objects.filter(campaign__items=judgment.item_id, annotator_id=judgment.annotator_id).first()
-    if membership is None or not membership.is_paused:
-        return SubmitResult(judgment=judgment, created=False)
-    return SubmitResult(judgment=judgment, created=False, paused=True, message=_pause_message(membership))
-
-
 def _submit_locked(
     *,
-    annotator: User,
+    annotator_id: int,
     item_id: int,
     idempotency_key: uuid.UUID,
-    rating: int | None,
-    choice: str,
-    flag: str,
+    answer: dict[str, Any],
     time_on_screen_ms: int,
     now: datetime,
 ) -> SubmitResult:
-    item = _locked(Item.objects.filter(pk=item_id).select_related("campaign")).first()
-    if item is None:
-        raise Refused("No such item.", status=404)
-    campaign = item.campaign
-    answer = _answer_fields(campaign.protocol, rating=rating, choice=choice, flag=flag)
-    assignment = _locked(Assignment.objects.filter(item=item, annotator=annotator)).first()
-    if assignment is None:
-        raise Refused("This item was not assigned to you.", status=409)
-    if assignment.status == Assignment.Status.SUBMITTED:
-        # A retry that raced its original here (both passed the unlocked key check) gets the
-        # stored judgment; a second answer under a new key is refused.
-        existing = _existing_for_key(idempotency_key, annotator, item_id)
+    # Locks in the order undo takes them (item, lease, membership), so the two cannot deadlock.
+    row = _fetchone(
+        f"SELECT i.campaign_id, i.is_gold, i.gold_answer, i.judgments_wanted, i.judgment_count, i.left_face_id,"
+        f" a.id, a.status, a.display_index,"
+        f" m.id, m.paused_at, m.pause_reason, m.gold_judged, m.gold_correct,"
+        f" c.protocol, c.status, c.gold_tolerance, c.pause_threshold, c.pause_min_gold,"
+        f" j.id, j.annotator_id, j.item_id"
+        f" FROM {_ITEM} i"
+        f" JOIN {_ASSIGNMENT} a ON a.item_id = i.id AND a.annotator_id = %s"
+        f" JOIN {_MEMBERSHIP} m ON m.campaign_id = i.campaign_id AND m.annotator_id = %s"
+        f" JOIN {_CAMPAIGN} c ON c.id = i.campaign_id"
+        f" LEFT JOIN {_JUDGMENT} j ON j.idempotency_key = %s"
+        f" WHERE i.id = %s" + _for_update("i, a, m"),
+        (annotator_id, annotator_id, _db_uuid(idempotency_key), item_id),
+    )
+    if row is None:
+        return _submit_refused(annotator_id=annotator_id, item_id=item_id, idempotency_key=idempotency_key, answer=answer)
+    (
+        campaign_id,
+        is_gold,
+        gold_answer,
+        judgments_wanted,
+        judgment_count,
+        left_face_id,
+        assignment_id,
+        assignment_status,
+        display_index,
+        membership_id,
+        paused_at,
+        pause_reason,
+        gold_judged,
+        gold_correct,
+        protocol,
+        campaign_status,
+        gold_tolerance,
+        pause_threshold,
+        pause_min_gold,
+        *prior,
+    ) = row
+    pause = pause_reason if paused_at is not None else None
+    if prior[0] is not None:
+        return _replay_result(_replay_or_refuse(prior, annotator_id, item_id), pause)
+    _check_answer_fits(protocol, answer)
+    if assignment_status == SUBMITTED:
+        # A retry that raced its original here (both read the key before either stored it)
+        # gets the stored judgment; a second answer under a new key is refused.
+        existing = _existing_for_key(idempotency_key, annotator_id, item_id)
         if existing is not None:
-            return _replayed(existing)
+            return _replay_result(existing, pause)
         raise Refused("You already judged this item.", status=409)
-    if assignment.status == Assignment.Status.SKIPPED:
+    if assignment_status == SKIPPED:
         raise Refused("You skipped this item; it cannot be judged any more.", status=409)
-    membership = _membership_for_update(campaign, annotator)
-    if membership.is_paused:
-        raise Refused(_pause_message(membership), status=403)
-    if campaign.status != Campaign.Status.ACTIVE:
-        raise Refused(f"This campaign is {campaign.status}; judgments are closed.", status=409)
-    if item.is_complete():
+    if pause is not None:
+        raise Refused(_pause_message(pause), status=403)
+    if campaign_status != Campaign.Status.ACTIVE:
+        raise Refused(f"This campaign is {campaign_status}; judgments are closed.", status=409)
+    if judgments_wanted is not None and judgment_count >= judgments_wanted:
         raise Refused(
             "Your lease on this item expired and it has since received all its judgments; "
             "this answer was not stored.",
             status=409,
         )
     judgment = Judgment(
-        item=item,
-        annotator=annotator,
-        assignment=assignment,
-        shown_left_face_id=item.left_face_id,
-        display_index=assignment.display_index,
-        time_on_screen_ms=max(0, int(time_on_screen_ms)),
+        item_id=item_id,
+        annotator_id=annotator_id,
+        assignment_id=assignment_id,
+        shown_left_face_id=left_face_id,
+        display_index=display_index,
+        time_on_screen_ms=time_on_screen_ms,
         idempotency_key=idempotency_key,
+        created_at=timezone.now(),
         **answer,
     )
-    if item.is_gold:
-        judgment.gold_correct = _gold_correct(item, judgment, campaign.gold_tolerance)
-    judgment.save()
-    Item.objects.filter(pk=item.pk).update(judgment_count=F("judgment_count") + 1)
-    Assignment.objects.filter(pk=assignment.pk).update(status=Assignment.Status.SUBMITTED)
-    paused = False
-    if item.is_gold:
-        paused = _record_gold(membership, campaign, correct=bool(judgment.gold_correct), now=now)
+    gold: tuple[int, int, datetime | None, str] | None = None
+    if is_gold:
+        judgment.gold_correct = _gold_correct(
+            gold_answer, rating=judgment.rating, answer=judgment.answer, tolerance=gold_tolerance
+        )
+        gold = _gold_record(
+            gold_judged + 1,
+            gold_correct + int(judgment.gold_correct),
+            threshold=pause_threshold,
+            min_gold=pause_min_gold,
+            now=now,
+        )
+    judgment_id = _store(judgment, membership_id=membership_id, gold=gold)
+    if judgment_id is None:
+        # Another request stored this key (or this item for this annotator) first.
+        existing = _existing_for_key(idempotency_key, annotator_id, item_id)
+        if existing is not None:
+            return _replay_result(existing, pause)
+        raise Refused("You already judged this item.", status=409)
+    judgment.pk = judgment_id
+    judgment._state.adding = False
+    judgment._state.db = connection.alias
+    paused = gold is not None and gold[2] is not None
     return SubmitResult(
-        judgment=judgment, created=True, paused=paused, message=_pause_message(membership) if paused else ""
+        judgment=judgment, created=True, paused=paused, message=_pause_message(gold[3]) if paused and gold else ""
     )
 
 
-def _record_gold(membership: Membership, campaign: Campaign, *, correct: bool, now: datetime) -> bool:
-    membership.gold_judged += 1
-    membership.gold_correct += int(correct)
-    accuracy = membership.gold_correct / membership.gold_judged
-    fields = ["gold_judged", "gold_correct"]
-    if membership.gold_judged >= campaign.pause_min_gold and accuracy < campaign.pause_threshold:
-        membership.paused_at = now
-        membership.pause_reason = (
-            f"You are paused: your answers agreed with the check items {membership.gold_correct} of "
-            f"{membership.gold_judged} times ({accuracy:.0%}), under this campaign's "
-            f"{campaign.pause_threshold:.0%} threshold. A researcher will review your work and can resume you."
+def _gold_record(
+    judged: int, correct: int, *, threshold: float, min_gold: int, now: datetime
+) -> tuple[int, int, datetime | None, str]:
+    """The membership's gold record after one more gold answer: (judged, correct, paused_at,
+    pause_reason); paused when the accuracy falls under the campaign's threshold."""
+    accuracy = correct / judged
+    if judged >= min_gold and accuracy < threshold:
+        reason = (
+            f"You are paused: your answers agreed with the check items {correct} of "
+            f"{judged} times ({accuracy:.0%}), under this campaign's "
+            f"{threshold:.0%} threshold. A researcher will review your work and can resume you."
         )
-        fields += ["paused_at", "pause_reason"]
-    membership.save(update_fields=fields)
-    return membership.is_paused
+        return judged, correct, now, reason
+    return judged, correct, None, ""
+
+
+_JUDGMENT_COLUMNS = (
+    "item_id, annotator_id, assignment_id, rating, choice, flag, shown_left_face_id, display_index,"
+    " time_on_screen_ms, idempotency_key, gold_correct, created_at"
+)
+
+
+def _store(judgment: Judgment, *, membership_id: int, gold: tuple[int, int, datetime | None, str] | None) -> int | None:
+    """Insert the judgment; only if it went in, count it on the item, close the lease and write
+    the gold record. One statement on PostgreSQL (data-modifying CTEs), four on SQLite."""
+    insert = (
+        f"INSERT INTO {_JUDGMENT} ({_JUDGMENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        f" ON CONFLICT DO NOTHING RETURNING id"
+    )
+    insert_params = [
+        judgment.item_id,
+        judgment.annotator_id,
+        judgment.assignment_id,
+        judgment.rating,
+        judgment.choice,
+        judgment.flag,
+        judgment.shown_left_face_id,
+        judgment.display_index,
+        judgment.time_on_screen_ms,
+        _db_uuid(judgment.idempotency_key),
+        judgment.gold_correct,
+        _db_datetime(judgment.created_at),
+    ]
+    count_it = f"UPDATE {_ITEM} SET judgment_count = judgment_count + 1 WHERE id = %s"
+    close_lease = f"UPDATE {_ASSIGNMENT} SET status = %s WHERE id = %s"
+    record_gold = f"UPDATE {_MEMBERSHIP} SET gold_judged = %s, gold_correct = %s, paused_at = %s, pause_reason = %s WHERE id = %s"
+    gold_params = (
+        [gold[0], gold[1], _db_datetime(gold[2]) if gold[2] else None, gold[3], membership_id] if gold else []
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":  # one round trip
+            stored = " AND EXISTS (SELECT 1 FROM ins)"
+            sql = (
+                f"WITH ins AS ({insert}), counted AS ({count_it}{stored}), closed AS ({close_lease}{stored})"
+                + (f", gold AS ({record_gold}{stored})" if gold else "")
+                + " SELECT id FROM ins"
+            )
+            cursor.execute(sql, [*insert_params, judgment.item_id, SUBMITTED, judgment.assignment_id, *gold_params])
+            row = cursor.fetchone()
+            return row[0] if row else None
+        cursor.execute(insert, insert_params)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        cursor.execute(count_it, [judgment.item_id])
+        cursor.execute(close_lease, [SUBMITTED, judgment.assignment_id])
+        if gold:
+            cursor.execute(record_gold, gold_params)
+        return row[0]
+
+
+def _submit_refused(*, annotator_id: int, item_id: int, idempotency_key: uuid.UUID, answer: dict[str, Any]) -> SubmitResult:
+    """Why the locking statement found nothing, checked in the order a submit's rules apply: a
+    retried key, a missing item, an answer the campaign does not take, no lease, no membership."""
+    existing = _existing_for_key(idempotency_key, annotator_id, item_id)
+    if existing is not None:
+        return _replayed(existing)
+    protocol = Item.objects.filter(pk=item_id).values_list("campaign__protocol", flat=True).first()
+    if protocol is None:
+        raise Refused("No such item.", status=404)
+    _check_answer_fits(protocol, answer)
+    if not Assignment.objects.filter(item_id=item_id, annotator_id=annotator_id).exists():
+        raise Refused("This item was not assigned to you.", status=409)
+    raise Refused("You are not an annotator of this campaign.", status=404)
 
 
 def skip_item(*, campaign: Campaign, annotator: User, item_id: int) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from annotator import api
+from annotator import api, hot_path
 from annotator.views import annotate, imports, research
 
-urlpatterns = annotate.urlpatterns + research.urlpatterns + imports.urlpatterns + api.urlpatterns
+# The hot path first: its two URLs sit inside the API router's prefix.
+urlpatterns = (
+    hot_path.urlpatterns + annotate.urlpatterns + research.urlpatterns + imports.urlpatterns + api.urlpatterns
+)

@@ -2,14 +2,25 @@
 
 Steps:
 1. Create a fresh benchmark database (``<name>_bench`` next to ``DATABASE_URL``'s database),
-   migrate it, and seed annotators with API tokens, generations, faces and a likert campaign.
-2. Start gunicorn on a free local port against that database.
-3. Run N annotators concurrently (asyncio + httpx), each doing what the browser does: ask for its
-   queue (``next`` with count 4: the held leases plus one new), submit a judgment with a fresh
-   idempotency key, and now and then resend the same submit (a lost acknowledgement).
-4. Print judgments/s and p50/p95/p99 latency of next and submit separately.
+   migrate it, and seed annotators (with API tokens and logged-in sessions), generations, faces
+   and a likert campaign.
+2. Start gunicorn on a free local port against that database (the command is printed).
+3. Run N annotators concurrently, each on its own keep-alive HTTP connection, doing what the
+   browser does: ask for its queue (``next`` with count 4: the held leases plus one new), submit a
+   judgment with a fresh idempotency key, and now and then resend the same submit (a lost
+   acknowledgement). Without ``--rate`` or ``--think-ms`` they go as fast as the server answers
+   (saturation: latency is then queueing, N / throughput); with ``--rate R`` they start
+   judgments on a Poisson schedule of R judgments/s in all (an offered load), and latency is
+   measured from the moment each request is sent.
+4. Print judgments/s, p50/p95/p99 latency of next and submit separately, and where the CPU went:
+   the load generator itself, the gunicorn workers and the PostgreSQL backends, in CPU ms per
+   judgment, with the machine's load average before and after.
 5. Check integrity in the database: no item over k, no annotator twice on an item, every
-   acknowledged submit stored exactly once. Exit non-zero if any check fails.
+   acknowledged submit stored exactly once, every item's counter equal to its judgments, no item
+   with more judgments plus live leases than k. Exit non-zero if any check fails.
+
+The load generator is a small asyncio HTTP/1.1 client (no HTTP library in the loop), so that its
+own CPU, which shares the machine with the server, stays a small part of the total.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/facebench .venv/bin/python bench/annotation_load.py
 """
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import random
@@ -27,13 +39,15 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+CSRF_SECRET = "b" * 32  # the bench's CSRF cookie; the browser gets a random one
 
 
 def _bench_database_url(base_url: str) -> str:
@@ -47,8 +61,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_database(url: str, *, annotators: int, prompts: int, models: int, k: int) -> tuple[int, list[str]]:
-    """Recreate the bench database and seed it; returns the campaign id and the annotators' tokens."""
+def setup_database(url: str, *, annotators: int, prompts: int, models: int, k: int) -> tuple[int, list[dict[str, str]]]:
+    """Recreate the bench database and seed it; returns the campaign id and, per annotator, the
+    headers of token auth and of a browser session (cookie + CSRF header)."""
     import psycopg
 
     admin_url = url.rsplit("/", 1)[0] + "/postgres"
@@ -61,16 +76,39 @@ def setup_database(url: str, *, annotators: int, prompts: int, models: int, k: i
     import django
 
     django.setup()
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.models import Group, User
+    from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
     from rest_framework.authtoken.models import Token
 
     from annotator.campaigns import create_campaign
     from tests.factories import make_dataset
-    from tests.users import make_user
 
     call_command("migrate", verbosity=0)
-    users = [make_user(f"bench{i}", "annotator") for i in range(annotators)]
-    tokens = [Token.objects.create(user=u).key for u in users]
+    group = Group.objects.get_or_create(name="annotator")[0]
+    auth = []
+    users = []
+    for i in range(annotators):
+        # No password to hash: the bench logs in by token, or by a session made here as login() would.
+        user = User(username=f"bench{i}")
+        user.set_unusable_password()
+        user.save()
+        user.groups.add(group)
+        users.append(user)
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.create()
+        auth.append(
+            {
+                "token": f"Authorization: Token {Token.objects.create(user=user).key}\r\n",
+                "session": f"Cookie: {settings.SESSION_COOKIE_NAME}={session.session_key}; "
+                f"{settings.CSRF_COOKIE_NAME}={CSRF_SECRET}\r\nX-CSRFToken: {CSRF_SECRET}\r\n",
+            }
+        )
     dataset = make_dataset(
         "bench", prompts=[f"prompt {i}" for i in range(prompts)], models=[f"dm{i}" for i in range(models)]
     )
@@ -79,73 +117,142 @@ def setup_database(url: str, *, annotators: int, prompts: int, models: int, k: i
 
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")  # fresh tables: give the planner real row counts, as autovacuum would
-    return campaign.pk, tokens
+    return campaign.pk, auth
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection, as a browser tab holds one: just enough HTTP for
+    these JSON requests (Content-Length bodies, no chunking)."""
+
+    def __init__(self, port: int, auth_headers: str) -> None:
+        self.port = port
+        self.auth_headers = auth_headers
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def post(self, path: str, body: dict) -> tuple[int, dict]:
+        payload = json.dumps(body).encode()
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n{self.auth_headers}\r\n"
+        ).encode() + payload
+        for attempt in (1, 2):
+            if self.writer is None:
+                await self._open()
+            assert self.reader is not None and self.writer is not None
+            self.writer.write(request)
+            try:
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed an idle keep-alive connection: reconnect and send again
+                # (both requests are safe to repeat: next returns held leases, submit has its key).
+                self.writer.close()
+                self.writer = None
+                if attempt == 2:
+                    raise
+                continue
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+            if headers.get("connection", "").lower() == "close":
+                self.writer.close()
+                self.writer = None
+            return status, json.loads(data) if data else {}
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@dataclass
 class Annotator:
-    def __init__(
-        self, client: httpx.AsyncClient, campaign: int, token: str, seed: int, retry_share: float, think_s: float
-    ) -> None:
-        self.client = client
-        self.campaign = campaign
-        self.headers = {"Authorization": f"Token {token}"}
-        self.rng = random.Random(seed)
-        self.retry_share = retry_share
-        self.think_s = think_s
-        self.next_ms: list[float] = []
-        self.submit_ms: list[float] = []
-        self.acked: list[tuple[str, int]] = []
-        self.errors: list[str] = []
+    conn: Connection
+    campaign: int
+    seed: int
+    retry_share: float
+    next_ms: list[float] = field(default_factory=list)
+    submit_ms: list[float] = field(default_factory=list)
+    acked: list[tuple[str, int]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
-    async def _post(self, url: str, body: dict, latencies: list[float]) -> httpx.Response:
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    async def _post(self, path: str, body: dict, latencies: list[float]) -> tuple[int, dict]:
         start = time.perf_counter()
-        response = await self.client.post(url, json=body, headers=self.headers)
+        status, data = await self.conn.post(path, body)
         latencies.append((time.perf_counter() - start) * 1000)
-        return response
+        return status, data
 
-    async def run(self, deadline: float) -> None:
-        if self.think_s:
+    async def judge_one(self) -> bool:
+        """One screen: the queue, then one answer (sometimes sent twice). False when nothing is left."""
+        status, data = await self._post(f"/api/campaigns/{self.campaign}/next/", {"count": 4}, self.next_ms)
+        if status != 200:
+            self.errors.append(f"next answered {status} {str(data)[:200]}")
+            return False
+        if not data["items"]:
+            return False
+        body = {
+            "idempotency_key": str(uuid.uuid4()),
+            "item": data["items"][0]["item_id"],
+            "rating": self.rng.randint(1, 5),
+            "time_on_screen_ms": self.rng.randint(500, 4000),
+        }
+        status, ack = await self._post("/api/judgments/", body, self.submit_ms)
+        if self.rng.random() < self.retry_share:
+            again_status, again = await self._post("/api/judgments/", body, self.submit_ms)
+            if again_status != 200 or again.get("judgment_id") != ack.get("judgment_id"):
+                self.errors.append(f"retry answered {again_status} {str(again)[:200]}")
+        if status == 201:
+            self.acked.append((body["idempotency_key"], ack["judgment_id"]))
+        else:
+            self.errors.append(f"submit answered {status} {str(ack)[:200]}")
+        return True
+
+    async def run(self, deadline: float, *, think_s: float, rate_each: float) -> None:
+        if think_s or rate_each:
             # People do not all press "start" in the same millisecond.
-            await asyncio.sleep(self.rng.uniform(0, self.think_s))
+            await asyncio.sleep(self.rng.uniform(0, think_s or 1 / rate_each))
+        due = time.perf_counter()
         while time.perf_counter() < deadline:
-            response = await self._post(f"/api/campaigns/{self.campaign}/next/", {"count": 4}, self.next_ms)
-            items = response.json()["items"]
-            if not items:
+            if rate_each:
+                due += self.rng.expovariate(rate_each)
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            if not await self.judge_one():
                 return
-            body = {
-                "idempotency_key": str(uuid.uuid4()),
-                "item": items[0]["item_id"],
-                "rating": self.rng.randint(1, 5),
-                "time_on_screen_ms": self.rng.randint(500, 4000),
-            }
-            if self.think_s:
-                # A person looks at the face before answering: exponential, mean think_s.
-                await asyncio.sleep(self.rng.expovariate(1 / self.think_s))
-            response = await self._post("/api/judgments/", body, self.submit_ms)
-            if self.rng.random() < self.retry_share:
-                again = await self._post("/api/judgments/", body, self.submit_ms)
-                if again.status_code != 200 or again.json()["judgment_id"] != response.json().get("judgment_id"):
-                    self.errors.append(f"retry answered {again.status_code} {again.text[:200]}")
-            if response.status_code == 201:
-                self.acked.append((body["idempotency_key"], response.json()["judgment_id"]))
-            else:
-                self.errors.append(f"submit answered {response.status_code} {response.text[:200]}")
+            if think_s:
+                # A person looks at the next face before answering: exponential, mean think_s.
+                await asyncio.sleep(self.rng.expovariate(1 / think_s))
 
 
-async def drive(
-    base_url: str, campaign: int, tokens: list[str], seconds: float, retry_share: float, think_s: float
-) -> list[Annotator]:
-    limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
-        annotators = [Annotator(client, campaign, t, i, retry_share, think_s) for i, t in enumerate(tokens)]
-        # Warm up each gunicorn worker's connection before the clock starts.
-        await asyncio.gather(*(client.get("/api/", headers=a.headers) for a in annotators))
-        deadline = time.perf_counter() + seconds
-        await asyncio.gather(*(a.run(deadline) for a in annotators))
+async def drive(port: int, campaign: int, auth: list[str], seconds: float, args: argparse.Namespace) -> list[Annotator]:
+    annotators = [Annotator(Connection(port, a), campaign, i, args.retry_share) for i, a in enumerate(auth)]
+    rate_each = args.rate / len(annotators) if args.rate else 0.0
+    deadline = time.perf_counter() + seconds
+    await asyncio.gather(*(a.run(deadline, think_s=args.think_ms / 1000, rate_each=rate_each) for a in annotators))
+    for a in annotators:
+        a.conn.close()
     return annotators
 
 
+async def warm_up(port: int, campaign: int, auth: list[str]) -> None:
+    """Every connection and every worker thread's database connection, before the clock starts."""
+    conns = [Connection(port, a) for a in auth]
+    for _ in range(2):
+        await asyncio.gather(*(c.post(f"/api/campaigns/{campaign}/next/", {"count": 1}) for c in conns))
+    for c in conns:
+        c.close()
+
+
 def check_integrity(acked: list[tuple[str, int]], k: int) -> list[str]:
+    from django.db import connection
     from django.db.models import Count
 
     from annotator.models import Item, Judgment
@@ -163,15 +270,59 @@ def check_integrity(acked: list[tuple[str, int]], k: int) -> list[str]:
         lost = set(acked_map) - set(stored)
         extra = set(stored) - set(acked_map)
         problems.append(f"stored judgments differ from acknowledged ones: {len(lost)} lost, {len(extra)} unacknowledged")
-    counts = dict(Judgment.objects.values("item").annotate(n=Count("id")).values_list("item", "n"))
-    if any(Item.objects.get(pk=i).judgment_count != n for i, n in list(counts.items())[:200]):
-        problems.append("Item.judgment_count disagrees with the judgments stored")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM annotator_item i WHERE i.judgment_count <>"
+            " (SELECT count(*) FROM annotator_judgment j WHERE j.item_id = i.id)"
+        )
+        if cursor.fetchone()[0]:
+            problems.append("Item.judgment_count disagrees with the judgments stored")
+        cursor.execute(
+            "SELECT count(*) FROM annotator_item i WHERE NOT i.is_gold AND i.judgment_count + (SELECT count(*)"
+            " FROM annotator_assignment a WHERE a.item_id = i.id AND a.status = 'active' AND a.expires_at > now())"
+            " > i.judgments_wanted"
+        )
+        if cursor.fetchone()[0]:
+            problems.append("an item has more judgments plus live leases than k")
     return problems
 
 
 def percentiles(values: list[float]) -> str:
+    if not values:
+        return "no requests"
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
     return f"p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  p99 {p99:6.1f} ms  (n={len(values)})"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return [int(c) for t in tasks for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _backend_pids(database: str) -> list[int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [database]
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> int:
@@ -180,61 +331,88 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--workers", type=int, default=int(os.getenv("WEB_CONCURRENCY", "3")))
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--worker-class", default="gthread", choices=["gthread", "sync"])
+    parser.add_argument("--auth", default="token", choices=["token", "session"], help="API token or browser session")
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--retry-share", type=float, default=0.05)
+    parser.add_argument("--rate", type=float, default=0, help="offered judgments/s in all (0: as fast as the server allows)")
     parser.add_argument(
-        "--think-ms", type=float, default=0, help="mean time an annotator looks before answering (0: as fast as the server allows)"
+        "--think-ms", type=float, default=0, help="mean time an annotator looks before answering (0: no pause)"
     )
     args = parser.parse_args()
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("django").setLevel(logging.ERROR)
 
     base = os.getenv("DATABASE_URL", "")
     if not base.startswith(("postgres://", "postgresql://")):
         print("Set DATABASE_URL=postgres://… (the benchmark makes its own <name>_bench database next to it).")
         return 2
     url = _bench_database_url(base)
-    n_items_needed = int(args.annotators * args.seconds * 20 / args.k) + 1000
+    expected = args.rate * args.seconds if args.rate else args.annotators * args.seconds * 20
     models = 4
-    campaign, tokens = setup_database(
-        url, annotators=args.annotators, prompts=n_items_needed // models, models=models, k=args.k
+    campaign, auth = setup_database(
+        url, annotators=args.annotators, prompts=int(expected / args.k * 1.5 + 1000) // models, models=models, k=args.k
     )
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO)}
     env.pop("PYTEST_VERSION", None)
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(args.workers),
-         "-k", "gthread", "--threads", str(args.threads), "--keep-alive", "60", "--log-level", "warning"],
-        cwd=REPO, env=env, start_new_session=True,
-    )
+    command = [
+        sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(args.workers),
+        "-k", args.worker_class, "--threads", str(args.threads), "--keep-alive", "75", "--log-level", "warning",
+    ]  # fmt: skip
+    gunicorn = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
+    chosen = [a[args.auth] for a in auth]
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while True:
             try:
-                httpx.get(f"http://127.0.0.1:{port}/api/", timeout=1)
+                asyncio.run(warm_up(port, campaign, chosen[:1]))
                 break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
+            except OSError:
+                if time.monotonic() > deadline or gunicorn.poll() is not None:
                     raise SystemExit("gunicorn did not start") from None
                 time.sleep(0.2)
-        pace = f"think time {args.think_ms:.0f} ms" if args.think_ms else "no think time (saturation)"
-        print(f"{args.annotators} annotators, {pace}, {args.seconds:.0f} s, gunicorn {args.workers} workers × "
-              f"{args.threads} threads, PostgreSQL, {os.cpu_count()} CPUs")
-        start = time.perf_counter()
-        annotators = asyncio.run(
-            drive(f"http://127.0.0.1:{port}", campaign, tokens, args.seconds, args.retry_share, args.think_ms / 1000)
+        asyncio.run(warm_up(port, campaign, chosen))
+        workers = _children(gunicorn.pid)
+        backends = _backend_pids(url.rsplit("/", 1)[1])
+        pace = (
+            f"offered {args.rate:.0f} judgments/s"
+            if args.rate
+            else (f"think time {args.think_ms:.0f} ms" if args.think_ms else "no think time (saturation)")
         )
-        elapsed = time.perf_counter() - start
+        print(f"gunicorn: {' '.join(command[2:]).replace(str(port), 'PORT')}")
+        print(
+            f"{args.annotators} annotators ({args.auth} auth), {pace}, {args.seconds:.0f} s, PostgreSQL, "
+            f"{os.cpu_count()} CPUs; load average before: {_load()}"
+        )
+        server0 = {p: _cpu_seconds(p) for p in workers}
+        pg0 = {p: _cpu_seconds(p) for p in backends}
+        wall0, own0 = time.perf_counter(), time.process_time()
+        annotators = asyncio.run(drive(port, campaign, chosen, args.seconds, args))
+        elapsed, own = time.perf_counter() - wall0, time.process_time() - own0
+        server = sum(_cpu_seconds(p) - server0.get(p, 0.0) for p in _children(gunicorn.pid))
+        pg = sum(_cpu_seconds(p) - pg0.get(p, 0.0) for p in _backend_pids(url.rsplit("/", 1)[1]))
+        load_after = _load()
     finally:
         os.killpg(gunicorn.pid, signal.SIGTERM)
         gunicorn.wait()
     acked = [pair for a in annotators for pair in a.acked]
     errors = [e for a in annotators for e in a.errors]
+    n = max(len(acked), 1)
     print(f"judgments/s: {len(acked) / elapsed:8.1f}   ({len(acked)} judgments in {elapsed:.1f} s)")
     print(f"next item:   {percentiles([v for a in annotators for v in a.next_ms])}")
     print(f"submit:      {percentiles([v for a in annotators for v in a.submit_ms])}")
+    print(
+        f"CPU per judgment: gunicorn {1000 * server / n:.2f} ms, PostgreSQL {1000 * pg / n:.2f} ms, "
+        f"load generator {1000 * own / n:.2f} ms ({own / elapsed:.0%} of one core)"
+    )
+    print(f"load average after: {load_after}")
     problems = check_integrity(acked, args.k) + errors[:10]
-    print("integrity:  ", "OK — no item over k, no double judgment, every acknowledged submit stored once"
-          if not problems else "FAILED")
+    print(
+        "integrity:  ",
+        "OK — no item over k, no double judgment, every acknowledged submit stored once, counters and leases agree"
+        if not problems
+        else "FAILED",
+    )
     for problem in problems:
         print("   ", problem)
     return 1 if problems else 0

@@ -1,0 +1,309 @@
+"""The two requests every annotation screen makes: next items and submit a judgment.
+
+They answer the same URLs, JSON shapes, statuses and messages as the rest of the API (the browser
+and API clients cannot tell), but as plain Django views: DRF's request wrapping, content
+negotiation, serializers and permission classes cost several times the engine's own work on
+these two endpoints. Authentication is DRF's, done by hand in the same order: the session first
+(with CSRF enforced, as SessionAuthentication does), then ``Authorization: Token <key>``, whose
+user and annotator role come back from one query. The OpenAPI schema still describes both
+endpoints: each view carries a schema-only DRF class (``_documented_by``) that drf-spectacular
+reads and requests never reach.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.middleware.csrf import CsrfViewMiddleware
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.views import APIView
+
+from annotator import assignment as engine
+from annotator.api import JudgmentViewSet
+from annotator.models import Judgment
+from annotator.roles import ANNOTATOR, is_annotator
+from annotator.serializers import (
+    JudgmentAckSerializer,
+    JudgmentCreateSerializer,
+    NextItemsRequestSerializer,
+    NextItemsSerializer,
+    item_for_annotator,
+)
+
+Body = dict[str, Any]
+MAX_TIME_ON_SCREEN_MS = 24 * 3600 * 1000
+_INTEGER = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")  # what DRF's IntegerField accepts from a string
+
+
+def _json(body: Body, status: int = 200) -> HttpResponse:
+    return HttpResponse(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _detail(message: str, status: int) -> HttpResponse:
+    return _json({"detail": message}, status)
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    """CSRF for session-authenticated API posts, as DRF's SessionAuthentication enforces it."""
+
+    def _reject(self, request: HttpRequest, reason: str) -> str:  # type: ignore[override]
+        return reason
+
+
+def _csrf_failure(request: HttpRequest) -> str | None:
+    check = _CsrfCheck(lambda request: HttpResponse())
+    check.process_request(request)
+    return check.process_view(request, None, (), {})  # type: ignore[arg-type, return-value]
+
+
+_TOKEN_USER_SQL = (
+    "SELECT u.id, u.is_active, EXISTS (SELECT 1 FROM auth_user_groups ug JOIN auth_group g ON g.id = ug.group_id"
+    " WHERE ug.user_id = u.id AND g.name = %s)"
+    " FROM authtoken_token t JOIN auth_user u ON u.id = t.user_id WHERE t.key = %s"
+)
+
+
+def _token_user(request: HttpRequest) -> tuple[int, bool] | HttpResponse | None:
+    """(user id, is annotator) for a valid ``Authorization: Token`` header, DRF's 403 for a bad
+    one, None when there is none."""
+    header = request.META.get("HTTP_AUTHORIZATION", "").split()
+    if not header or header[0].lower() != "token":
+        return None
+    if len(header) != 2:
+        problem = "No credentials provided." if len(header) == 1 else "Token string should not contain spaces."
+        return _detail(f"Invalid token header. {problem}", 403)
+    with connection.cursor() as cursor:
+        cursor.execute(_TOKEN_USER_SQL, (ANNOTATOR, header[1]))
+        row = cursor.fetchone()
+    if row is None:
+        return _detail("Invalid token.", 403)
+    user_id, is_active, annotator = row
+    if not is_active:
+        return _detail("User inactive or deleted.", 403)
+    return user_id, bool(annotator)
+
+
+def _annotator_id(request: HttpRequest, refusal: str) -> int | HttpResponse:
+    """The requesting annotator's id, or the 403 DRF would answer."""
+    user = request.user
+    if user.is_authenticated:  # a session; inactive users never get here (ModelBackend)
+        reason = _csrf_failure(request)
+        if reason:
+            return _detail(f"CSRF Failed: {reason}", 403)
+        return user.pk if is_annotator(user) else _detail(refusal, 403)
+    found = _token_user(request)
+    if found is None:
+        return _detail("Authentication credentials were not provided.", 403)
+    if isinstance(found, HttpResponse):
+        return found
+    user_id, annotator = found
+    return user_id if annotator else _detail(refusal, 403)
+
+
+def _body(request: HttpRequest) -> Body | QueryDict | HttpResponse:
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except ValueError as error:
+            return _detail(f"JSON parse error - {error}", 400)
+        return data if isinstance(data, dict) else _detail("Invalid data. Expected a dictionary.", 400)
+    return request.POST
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _integer(value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """DRF IntegerField's rules and messages."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _Invalid("A valid integer is required.")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise _Invalid("A valid integer is required.")
+        value = int(value)
+    elif isinstance(value, str):
+        if len(value) > 1000 or not _INTEGER.match(value):
+            raise _Invalid("A valid integer is required.")
+        value = int(value.strip().split(".")[0])
+    if low is not None and value < low:
+        raise _Invalid(f"Ensure this value is greater than or equal to {low}.")
+    if high is not None and value > high:
+        raise _Invalid(f"Ensure this value is less than or equal to {high}.")
+    return value
+
+
+_REQUIRED = object()
+
+
+def _field(
+    data: Body | QueryDict,
+    name: str,
+    errors: dict[str, list[str]],
+    parse: Callable[[Any], Any],
+    *,
+    default: Any = _REQUIRED,
+    allow_null: bool = False,
+) -> Any:
+    """One field as DRF's serializer reads it; a problem goes into ``errors`` under its name."""
+    required = default is _REQUIRED
+    if name not in data or (not required and isinstance(data, QueryDict) and data[name] == ""):
+        if required:
+            errors[name] = ["This field is required."]
+        return None if required or (allow_null and name in data) else default
+    value = data[name]
+    if value is None:
+        if not allow_null:
+            errors[name] = ["This field may not be null."]
+        return None
+    try:
+        return parse(value)
+    except _Invalid as error:
+        errors[name] = [str(error)]
+        return None
+
+
+def _choice(choices: list[str]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value == "" or str(value) in choices:
+            return str(value)
+        raise _Invalid(f'"{value}" is not a valid choice.')
+
+    return parse
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value)) if not isinstance(value, int) else uuid.UUID(int=value)
+    except (ValueError, AttributeError):
+        raise _Invalid("Must be a valid UUID.") from None
+
+
+def _documented_by(schema_view: type[APIView]) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Let drf-spectacular describe a plain view through a DRF class that only carries its schema."""
+
+    def mark(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        view.cls = schema_view  # type: ignore[attr-defined]
+        view.initkwargs = {}  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+class _NextItemsSchema(APIView):
+    """Schema only: ``next_items`` answers these requests."""
+
+    @extend_schema(
+        operation_id="campaigns_next_create",
+        tags=["campaigns"],
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The campaign.")],
+        request=NextItemsRequestSerializer,
+        responses=NextItemsSerializer,
+    )
+    def post(self, request: Any, id: int) -> None:
+        """Lease up to ``count`` items (held leases first), for the screen and its prefetch."""
+        raise NotImplementedError
+
+
+class _SubmitSchema(APIView):
+    """Schema only: ``judgments`` answers POST."""
+
+    @extend_schema(
+        operation_id="judgments_create",
+        tags=["judgments"],
+        request=JudgmentCreateSerializer,
+        responses={201: JudgmentAckSerializer, 200: JudgmentAckSerializer, 409: OpenApiTypes.OBJECT},
+    )
+    def post(self, request: Any) -> None:
+        """Idempotent on ``idempotency_key``: a retry answers 200 with the stored judgment."""
+        raise NotImplementedError
+
+
+@_documented_by(_NextItemsSchema)
+@csrf_exempt
+def next_items(request: HttpRequest, id: int) -> HttpResponse:
+    """POST ``{"count": n}``: the annotator's held leases, topped up with new ones, up to n."""
+    if request.method != "POST":
+        return _detail(f'Method "{request.method}" not allowed.', 405)
+    annotator_id = _annotator_id(request, "Only annotators are served items.")
+    if isinstance(annotator_id, HttpResponse):
+        return annotator_id
+    data = _body(request)
+    if isinstance(data, HttpResponse):
+        return data
+    errors: dict[str, list[str]] = {}
+    count = _field(data, "count", errors, lambda v: _integer(v, low=1, high=engine.MAX_CLAIM_COUNT), default=1)
+    if errors:
+        return _json(errors, 400)
+    try:
+        result = engine.claim(campaign_id=id, annotator_id=annotator_id, count=count)
+    except engine.Refused as error:
+        return _detail(error.message, error.status)
+    items = [item_for_annotator(a, result.protocol) for a in result.assignments]
+    return _json({"items": items, "paused": result.paused, "message": result.message})
+
+
+_judgment_list = JudgmentViewSet.as_view({"get": "list"})
+
+
+@_documented_by(_SubmitSchema)
+@csrf_exempt
+def judgments(request: HttpRequest) -> HttpResponse:
+    """POST stores a judgment (idempotent on its key); GET lists judgments (the DRF view)."""
+    if request.method != "POST":
+        return _judgment_list(request)
+    annotator_id = _annotator_id(request, "Only annotators submit judgments.")
+    if isinstance(annotator_id, HttpResponse):
+        return annotator_id
+    data = _body(request)
+    if isinstance(data, HttpResponse):
+        return data
+    errors: dict[str, list[str]] = {}
+    key = _field(data, "idempotency_key", errors, _uuid)
+    item_id = _field(data, "item", errors, _integer)
+    rating = _field(data, "rating", errors, lambda v: _integer(v, low=1, high=5), default=None, allow_null=True)
+    choice = _field(data, "choice", errors, _choice(Judgment.Choice.values), default="")
+    flag = _field(data, "flag", errors, _choice(Judgment.Flag.values), default="")
+    shown_ms = _field(data, "time_on_screen_ms", errors, lambda v: _integer(v, low=0, high=MAX_TIME_ON_SCREEN_MS), default=0)
+    if errors:
+        return _json(errors, 400)
+    try:
+        result = engine.submit(
+            annotator_id=annotator_id,
+            item_id=item_id,
+            idempotency_key=key,
+            rating=rating,
+            choice=choice or "",
+            flag=flag or "",
+            time_on_screen_ms=shown_ms,
+        )
+    except engine.Refused as error:
+        return _detail(error.message, error.status)
+    ack = {
+        "judgment_id": result.judgment.pk,
+        "item": result.judgment.item_id,
+        "duplicate": not result.created,
+        "gold_paused": result.paused,
+        "message": result.message,
+    }
+    return _json(ack, 201 if result.created else 200)
+
+
+# Ahead of the API router's patterns (see annotator/urls.py), which no longer route these.
+urlpatterns = [
+    path("api/campaigns/<int:id>/next/", next_items, name="api-campaign-next"),
+    path("api/judgments/", judgments, name="api-judgment-list"),
+]
