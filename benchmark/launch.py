@@ -47,7 +47,7 @@ from jobs.models import Job
 logger = logging.getLogger(__name__)
 
 # Modules that register launchable kinds; imported on first use of the registry.
-KIND_MODULES: tuple[str, ...] = ("benchmark.pairs", "benchmark.training")
+KIND_MODULES: tuple[str, ...] = ("benchmark.pairs", "benchmark.training", "benchmark.generation")
 DEFAULT_TIME_LIMIT_S = 3 * 24 * 3600  # a long training run; Celery kills the task after this
 
 
