@@ -47,7 +47,7 @@ from jobs.models import Job
 logger = logging.getLogger(__name__)
 
 # Modules that register launchable kinds; imported on first use of the registry.
-KIND_MODULES: tuple[str, ...] = ("benchmark.pairs", "benchmark.training", "benchmark.generation")
+KIND_MODULES: tuple[str, ...] = ("benchmark.pairs", "benchmark.training", "benchmark.generation", "benchmark.finetuning")
 DEFAULT_TIME_LIMIT_S = 3 * 24 * 3600  # a long training run; Celery kills the task after this
 
 
@@ -358,7 +358,9 @@ class LaunchKind:
     title: str
     description: str
     form_class: type[LaunchForm]
-    run: Callable[[int], dict[str, Any] | None]  # the job body, in the worker
+    # The job body, in the worker: run(job_id) -> result. A body that also takes a keyword
+    # ``observer(done, total)`` gets one from ``manage.py launch`` (a tqdm bar).
+    run: Callable[..., dict[str, Any] | None]
     queue: str = "gpu"  # a key of FACEBENCH_QUEUES
     time_limit_s: int = DEFAULT_TIME_LIMIT_S
     # Extra lines for the job page: (label, text, url or "") from the job's result.
@@ -409,13 +411,19 @@ def bind_form(kind: str, data: Mapping[str, Any] | None = None, **kwargs: Any) -
 
 
 def launch(
-    kind: str, data: Mapping[str, Any], *, created_by: Any = None, fill_defaults: bool = False
+    kind: str,
+    data: Mapping[str, Any],
+    *,
+    created_by: Any = None,
+    fill_defaults: bool = False,
+    enqueue: bool = True,
 ) -> Job:
     """Validate ``data`` with the kind's form, create the job and queue it (on commit).
 
     ``fill_defaults``: keys missing from ``data`` take the form's defaults (API bodies and
     commands name only what they change; an HTML form always sends every field, and an unticked
-    checkbox is absent from it, so pages pass False).
+    checkbox is absent from it, so pages pass False). ``enqueue=False`` only creates the job, for
+    a command that runs the body in its own process (``manage.py craft_pairs`` without ``--queue``).
     """
     spec = get_kind(kind)
     if fill_defaults:
@@ -423,22 +431,26 @@ def launch(
     form = spec.form_class(data)
     if not form.is_valid():
         raise LaunchInvalid(form)
-    return create_job(spec, form.to_config(), created_by=created_by)
+    return create_job(spec, form.to_config(), created_by=created_by, enqueue=enqueue)
 
 
-def create_job(spec: LaunchKind, config: dict[str, Any], *, created_by: Any = None) -> Job:
+def create_job(
+    spec: LaunchKind, config: dict[str, Any], *, created_by: Any = None, enqueue: bool = True
+) -> Job:
     from benchmark.tasks import run_launched_job_task
 
+    who = getattr(created_by, "username", None) or "a command"
     with transaction.atomic():
         job = Job.objects.create(kind=spec.kind, config=config, created_by=created_by)
-        run_launched_job_task.apply_async_on_commit(
-            (job.pk,),
-            queue=settings.FACEBENCH_QUEUES[spec.queue],
-            soft_time_limit=spec.time_limit_s,
-            time_limit=spec.time_limit_s + 300,
-        )
+        if enqueue:
+            run_launched_job_task.apply_async_on_commit(
+                (job.pk,),
+                queue=settings.FACEBENCH_QUEUES[spec.queue],
+                soft_time_limit=spec.time_limit_s,
+                time_limit=spec.time_limit_s + 300,
+            )
     progress.log(
-        job.pk, f"queued on {spec.queue} by {getattr(created_by, 'username', 'a command')}"
+        job.pk, f"queued on {spec.queue} by {who}" if enqueue else f"run in-process by {who}"
     )
     return job
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +231,7 @@ def test_dataset_job_filters_faces_by_their_mean_human_rating(photo_dataset, mod
         submit_judgment(
             annotator=annotator,
             item_id=item.pk,
-            idempotency_key=__import__("uuid").uuid4(),
+            idempotency_key=uuid.uuid4(),
             rating=rating,
         )
         rated[item.face_id] = rating
