@@ -47,7 +47,12 @@ from jobs.models import Job
 logger = logging.getLogger(__name__)
 
 # Modules that register launchable kinds; imported on first use of the registry.
-KIND_MODULES: tuple[str, ...] = ("benchmark.pairs", "benchmark.training", "benchmark.generation", "benchmark.finetuning")
+KIND_MODULES: tuple[str, ...] = (
+    "benchmark.pairs",
+    "benchmark.training",
+    "benchmark.generation",
+    "benchmark.finetuning",
+)
 DEFAULT_TIME_LIMIT_S = 3 * 24 * 3600  # a long training run; Celery kills the task after this
 
 
@@ -63,7 +68,7 @@ class LaunchInvalid(LaunchRefused):
     """The settings did not validate; ``form`` is the bound form with its errors."""
 
     def __init__(self, form: forms.Form) -> None:
-        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        super().__init__("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
         self.form = form
 
 
@@ -138,7 +143,7 @@ class LinesField(forms.CharField):
     def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
         if isinstance(value, list | tuple):
             return [str(v).strip() for v in value if str(v).strip()]
-        text = super().to_python(value)
+        text = super().to_python(value) or ""
         return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -254,7 +259,7 @@ class _LaunchFormMetaclass(forms.forms.DeclarativeFieldsMetaclass):
     """Adds a form field for every settings field its class does not declare itself."""
 
     def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any]) -> Any:
-        new_class = super().__new__(mcs, name, bases, attrs)
+        new_class: Any = super().__new__(mcs, name, bases, attrs)
         for key, (settings_cls, prefix) in getattr(new_class, "settings_classes", {}).items():
             generated = settings_fields(
                 settings_cls, prefix=prefix, help=new_class.settings_help.get(key, {})

@@ -114,7 +114,7 @@ def chart_specs(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     learning rate and gradient norm; each only when the records have its numbers."""
     keys = sorted({k for r in records for k in r if k != "step"})
     validation = [k for k in keys if k.startswith("val_accuracy/") or k.startswith("val_")]
-    specs = [
+    specs: list[dict[str, Any]] = [
         {"title": "Loss", "series": _series(records, ["loss"]), "y_range": None},
         {
             "title": "Validation accuracy",

@@ -309,6 +309,10 @@ def folder_images(folder: Path) -> list[Path]:
     return files
 
 
+def _file_loader(path: Path) -> Callable[[], Image.Image]:
+    return lambda: _open_rgb(path.read_bytes())
+
+
 def folder_sources(config: dict[str, Any]) -> tuple[list[SourceRef], int]:
     """Sources from the photos of a folder, faces detected now; and how many were unreadable."""
     from annotator.detection import get_detector, resolve_detector_name
@@ -328,7 +332,7 @@ def folder_sources(config: dict[str, Any]) -> tuple[list[SourceRef], int]:
         refs.append(
             SourceRef(
                 key=f"file:{path.relative_to(folder).as_posix()}",
-                load=lambda path=path: _open_rgb(path.read_bytes()),
+                load=_file_loader(path),
                 faces=[(d.box, float(d.confidence)) for d in detections],
                 detector=detector_name,
             )
@@ -528,6 +532,9 @@ def run_craft_job(job_id: int, *, observer: Observer | None = None) -> dict[str,
                 skipped[reason] = skipped.get(reason, 0) + n
             base = done
 
+            def on_progress(crafted: int, _total: int, base: int = base) -> None:
+                report(base + crafted)
+
             def counted(pairs: Iterator[CraftedPair]) -> Iterator[CraftedPair]:
                 for pair in pairs:
                     counts["crafted"] += 1
@@ -538,7 +545,7 @@ def run_craft_job(job_id: int, *, observer: Observer | None = None) -> dict[str,
                     pipeline,
                     tasks,
                     craft,
-                    on_progress=lambda d, _t, base=base: report(base + d),
+                    on_progress=on_progress,
                     should_stop=should_stop,
                 )
             )

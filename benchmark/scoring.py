@@ -118,14 +118,14 @@ def start_scoring_job(
         job = Job.objects.create(kind=Job.Kind.SCORE, config=config, created_by=created_by)
         chunks = []
         next_index: dict[str, int] = {}  # chunk indexes are unique per (job, metric name)
-        for name, level, version in groups:
+        for name, level, preset in groups:
             targets = _targets(level, ids)
             for start in range(0, len(targets), chunk_size):
                 part = targets[start : start + chunk_size]
                 index = next_index.get(name, 0)
                 next_index[name] = index + 1
                 chunks.append(
-                    ScoringChunk(job=job, metric=name, index=index, target_ids=part, size=len(part), metric_version=version)
+                    ScoringChunk(job=job, metric=name, index=index, target_ids=part, size=len(part), metric_version=preset)
                 )
         ScoringChunk.objects.bulk_create(chunks)
         total = sum(c.size for c in chunks)

@@ -333,7 +333,8 @@ def training_inputs(config: dict[str, Any]) -> TrainingInputs:
     )
     seed = int(config["train"].get("seed", 0))
     fraction = float(config.get("human_val_fraction") or 0.0)
-    human_train, human_val = [], []
+    human_train: list[Callable[[], tuple[Image.Image, Image.Image]]] = []
+    human_val: list[Callable[[], tuple[Image.Image, Image.Image]]] = []
     for pair in humans:
         loader = _human_loader(faces[pair.good_face_id], faces[pair.bad_face_id])
         (

@@ -99,7 +99,8 @@ class Command(BaseCommand):
             )
         except launch.LaunchInvalid as invalid:
             lines = [
-                f"  {field}: {' '.join(errors)}" for field, errors in invalid.form.errors.items()
+                f"  {field}: {' '.join(map(str, errors))}"
+                for field, errors in invalid.form.errors.items()
             ]
             raise CommandError("invalid settings:\n" + "\n".join(lines)) from None
         if options["queue"]:
