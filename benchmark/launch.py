@@ -16,8 +16,9 @@ Cancelling is ``jobs.progress.request_cancel``: a queued job is cancelled at onc
 stops at its next step (bodies pass ``jobs.progress.CancelCheck`` as ``should_stop``).
 
 Adding a kind (issue 6's generate / finetune_dm / evaluate_dm): write a module with a
-``LaunchForm`` subclass and a ``run(job_id)`` body, call :func:`register` at its bottom, and add the
-module to ``KIND_MODULES``. The pages, API, cancel, artifacts and ``manage.py launch`` follow.
+``LaunchForm`` subclass and a ``run(job_id)`` body, call :func:`register` at its bottom, and make
+sure the module is in ``KIND_MODULES``. The pages, API, cancel, artifacts and ``manage.py launch``
+follow; a ``manage.py <kind>`` alias is a three-line subclass of the ``launch`` command.
 
 Paths typed into a form (model folders, photo folders) are checked by :func:`check_input_path`:
 they must exist under ``FACEBENCH_WEIGHTS_DIR``, ``FACEBENCH_ARTIFACTS_DIR`` or a folder listed
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import logging
 import os
 import typing
@@ -46,12 +48,14 @@ from jobs.models import Job
 
 logger = logging.getLogger(__name__)
 
-# Modules that register launchable kinds; imported on first use of the registry.
+# Modules that register launchable kinds; imported on first use of the registry. A listed module
+# that does not exist (yet) is skipped; one that exists and fails to import raises.
 KIND_MODULES: tuple[str, ...] = (
-    "benchmark.pairs",
-    "benchmark.training",
-    "benchmark.generation",
-    "benchmark.finetuning",
+    "benchmark.pairs",  # craft_pairs
+    "benchmark.training",  # train_face_score
+    "benchmark.generation",  # generate (issue 6)
+    "benchmark.finetuning",  # finetune_dm (issue 6)
+    "benchmark.evaluation",  # evaluate_dm (issue 6)
 )
 DEFAULT_TIME_LIMIT_S = 3 * 24 * 3600  # a long training run; Celery kills the task after this
 
@@ -389,7 +393,8 @@ def _discover() -> None:
     global _discovered
     if not _discovered:
         for module in KIND_MODULES:
-            importlib.import_module(module)
+            if importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
         _discovered = True
 
 
