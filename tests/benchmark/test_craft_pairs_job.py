@@ -280,3 +280,30 @@ def test_a_symlink_out_of_the_allowed_folders_is_refused(roots, models_dir, sett
     with pytest.raises(launch.LaunchInvalid) as refused:
         _launch(_data(models_dir, folder=str(link)))
     assert "outside the folders" in " ".join(refused.value.form.errors["folder"])
+
+
+def test_the_margin_filter_keeps_pairs_by_the_current_face_score_and_stores_both_scores(
+    roots, models_dir, settings
+):
+    from ml import metrics as metric_zoo
+    from ml.metrics.imagereward import crop_face
+    from tests.ml.tiny_models import write_tiny_face_score
+
+    write_tiny_face_score(settings.FACEBENCH_WEIGHTS_DIR)
+    keep_all = _launch(_data(models_dir, folder=str(roots), min_margin=-1000))
+    drop_all = _launch(_data(models_dir, folder=str(roots), min_margin=1000))
+    for job in (keep_all, drop_all):
+        launch.run_launched_job(job.pk)
+        job.refresh_from_db()
+        assert job.status == Job.Status.SUCCEEDED, job.error
+    assert (keep_all.result["pairs"], keep_all.result["filtered_by_margin"]) == (2, 0)
+    assert (drop_all.result["pairs"], drop_all.result["filtered_by_margin"]) == (0, 2)
+    face_score = metric_zoo.create("face_score", weights_dir=settings.FACEBENCH_WEIGHTS_DIR)
+    for pair in FacePair.objects.filter(crafting_job=keep_all):
+        good, bad = (
+            crop_face(_open(field), pair.box) for field in (pair.good_image, pair.bad_image)
+        )
+        assert face_score.score([good, bad]).tolist() == pytest.approx(
+            [pair.fs_good, pair.fs_bad], abs=1e-5
+        )
+        assert pair.fs_good != pair.fs_bad
