@@ -158,6 +158,10 @@ FACEBENCH_MAX_UPLOAD_BYTES = envint("FACEBENCH_MAX_UPLOAD_BYTES", str(2 * 1024 *
 FACEBENCH_MAX_ZIP_ENTRIES = envint("FACEBENCH_MAX_ZIP_ENTRIES", "100000")
 FACEBENCH_MAX_PROMPT_CHARS = envint("FACEBENCH_MAX_PROMPT_CHARS", "4000")
 FACEBENCH_LEASE_SECONDS = envint("FACEBENCH_LEASE_SECONDS", "600")
+# A running job's worker touches the job row this often; a job whose heartbeat is older than
+# FACEBENCH_JOB_STALE_SECONDS counts as abandoned (its worker died) and a redelivery may take it.
+FACEBENCH_JOB_HEARTBEAT_SECONDS = envint("FACEBENCH_JOB_HEARTBEAT_SECONDS", "30")
+FACEBENCH_JOB_STALE_SECONDS = envint("FACEBENCH_JOB_STALE_SECONDS", "180")
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = os.getenv("CELERY_BROKER_URL", "filesystem://")

@@ -45,6 +45,10 @@ class Job(models.Model):
     result = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
+    # The running worker's lease on the job: a redelivered message (Redis hands a late-acked task
+    # out again after its visibility timeout) finds a fresh heartbeat and leaves the job alone.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -105,7 +109,9 @@ class JobRecord(models.Model):
 
     class Meta:
         ordering = ["job_id", "step"]
-        constraints = [models.UniqueConstraint(fields=["job", "step"], name="job_record_unique_step")]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "step"], name="job_record_unique_step")
+        ]
 
     def __str__(self) -> str:
         return f"job {self.job_id} step {self.step}"

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
-from django.db.models import F, Value
+from django.conf import settings
+from django.db import connection
+from django.db.models import F, Q, Value
 from django.db.models.functions import Concat, Right
 from django.utils import timezone
 
@@ -79,16 +85,69 @@ def fail(job_id: int, error: str) -> None:
     )
 
 
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(job_id: int) -> bool:
+    """Take the job for this worker: a queued job, or a running one whose heartbeat went stale
+    (its worker died). One UPDATE, so of two workers handed the same message only one wins."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.FACEBENCH_JOB_STALE_SECONDS)
+    abandoned = Q(status=Job.Status.RUNNING) & (
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale)
+    )
+    return bool(
+        Job.objects.filter(Q(pk=job_id) & (Q(status=Job.Status.QUEUED) | abandoned)).update(
+            status=Job.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker_name(),
+            error="",
+        )
+    )
+
+
+class Heartbeat(threading.Thread):
+    """Touches ``Job.heartbeat_at`` every ``FACEBENCH_JOB_HEARTBEAT_SECONDS`` while a body runs,
+    whatever the body is doing (a long validation, caching latents), on its own connection."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(name=f"job-{job_id}-heartbeat", daemon=True)
+        self.job_id = job_id
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(settings.FACEBENCH_JOB_HEARTBEAT_SECONDS):
+                try:
+                    Job.objects.filter(pk=self.job_id, status=Job.Status.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except Exception:  # a busy database now and then must not end the heartbeat
+                    logger.warning("job %s: heartbeat not written", self.job_id, exc_info=True)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
 def run(job_id: int, body: Callable[[int], dict[str, Any] | None]) -> None:
     """Run ``body(job_id)`` as the job: mark it running, then succeeded, cancelled or failed.
 
-    A job already finished (a redelivered message) is not run again.
+    A redelivered message runs nothing when the job is finished, or running in a worker whose
+    heartbeat is fresh; it takes over (and the body resumes from its checkpoints) when that
+    worker's heartbeat went stale.
     """
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None or job.is_finished:
-        logger.info("job %s: nothing to do (missing or finished)", job_id)
+    if not claim(job_id):
+        job = Job.objects.filter(pk=job_id).first()
+        state = "missing" if job is None else f"{job.status} in {job.worker or 'another worker'}"
+        logger.info("job %s: not run here (%s)", job_id, state)
         return
-    start(job_id, total=job.progress_total)
+    heartbeat = Heartbeat(job_id)
+    heartbeat.start()
     try:
         result = body(job_id)
     except JobCancelled as stop:
@@ -103,6 +162,8 @@ def run(job_id: int, body: Callable[[int], dict[str, Any] | None]) -> None:
         fail(job_id, f"{type(exc).__name__}: {exc}")
     else:
         succeed(job_id, result)
+    finally:
+        heartbeat.stop()
 
 
 def request_cancel(job_id: int) -> bool:
@@ -118,7 +179,9 @@ def request_cancel(job_id: int) -> bool:
     if queued:
         log(job_id, "cancelled before it started")
         return True
-    running = Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(cancel_requested=True)
+    running = (
+        Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(cancel_requested=True)
+    )
     if running:
         log(job_id, "cancel requested: stopping at the next step")
     return bool(running)
@@ -196,7 +259,9 @@ class StepRecorder:
             return
         pending, self._pending = self._pending, {}
         existing = dict(
-            JobRecord.objects.filter(job_id=self.job_id, step__in=list(pending)).values_list("step", "values")
+            JobRecord.objects.filter(job_id=self.job_id, step__in=list(pending)).values_list(
+                "step", "values"
+            )
         )
         rows = [
             JobRecord(job_id=self.job_id, step=step, values={**existing.get(step, {}), **values})
