@@ -1,7 +1,12 @@
 from __future__ import annotations
 
-from benchmark import launch_views, report_views, views
+from benchmark import evaluation_views, launch_views, report_views, views
 
-urlpatterns = views.urlpatterns + report_views.urlpatterns + launch_views.urlpatterns
+urlpatterns = (
+    views.urlpatterns
+    + report_views.urlpatterns
+    + launch_views.urlpatterns
+    + evaluation_views.urlpatterns
+)
 
 __all__ = ["urlpatterns"]

@@ -139,6 +139,11 @@ def _pair(w: World) -> int:
     return FacePair.objects.get(crafting_job_id=_craft_job(w)).pk
 
 
+def _evaluation(w: World) -> int:
+    """An evaluation job (not finished: its page says so, its campaign button is refused)."""
+    return Job.objects.create(kind=Job.Kind.EVALUATE_DM).pk
+
+
 RULES: dict[str, Rule] = {
     "schema": Rule("get", lambda w: "/api/schema/", LOGGED_IN),
     "api-docs": Rule("get", lambda w: "/api/docs/", LOGGED_IN),
@@ -188,6 +193,9 @@ RULES: dict[str, Rule] = {
     "api-launch": Rule("post", lambda w: "/api/launch/craft_pairs/", {ADMIN}),
     "api-job-progress": Rule("get", lambda w: f"/api/jobs/{_craft_job(w)}/progress/", RESEARCH),
     "api-job-cancel": Rule("post", lambda w: f"/api/jobs/{w.scoring_job}/cancel/", {ADMIN}),
+    # DM evaluation report and its one-click pairwise campaign: researchers, like campaigns
+    "evaluation-detail": Rule("get", lambda w: f"/research/evaluations/{_evaluation(w)}/", RESEARCH),
+    "evaluation-campaign": Rule("post", lambda w: f"/research/evaluations/{_evaluation(w)}/campaign/", RESEARCH),
     # API
     "api-datasets": Rule("get", lambda w: "/api/datasets/", RESEARCH),
     "api-dataset": Rule("get", lambda w: f"/api/datasets/{w.dataset}/", RESEARCH),

@@ -31,12 +31,12 @@ def models_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("models")
     write_tiny_sd(folder / "tiny-text2img")
     write_tiny_sd(folder / "tiny-inpaint", inpaint=True)
-    _write_lora(folder / "tiny-text2img", folder / "lora", scale=0.5)
-    _write_lora(folder / "tiny-text2img", folder / "zero-lora", scale=0.0)
+    write_test_lora(folder / "tiny-text2img", folder / "lora", scale=0.5)
+    write_test_lora(folder / "tiny-text2img", folder / "zero-lora", scale=0.0)
     return folder
 
 
-def _write_lora(model: Path, out: Path, *, scale: float) -> None:
+def write_test_lora(model: Path, out: Path, *, scale: float) -> None:
     """A LoRA on the tiny UNet's attention, its B matrices random (``scale`` 0: a no-op)."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
