@@ -85,6 +85,7 @@ FINETUNE_HELP: dict[str, dict[str, str]] = {
         "dpo_beta": "β of Diffusion-DPO (5000 is the Diffusion-DPO paper's value for SD 1.5).",
         "ema_decay": "EMA of the trained weights (0 = off); the output then holds the averaged weights.",
         "gradient_checkpointing": "Trade compute for memory (big models, big batches).",
+        "compile": "torch.compile the UNet (CUDA only): minutes of compiling up front, faster steps after; for long runs.",
         "seed": "Seed of the LoRA initialisation, the pair order, timesteps and noise.",
         "validation_every": "Draw the validation images every this many steps (0: only at the end).",
         "validation_seed": "Seed of the validation images (the same at every validation).",

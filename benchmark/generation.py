@@ -133,7 +133,9 @@ class PromptFieldsMixin(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4}),
         help_text="With 'the prompts typed below': one per line (txt), JSON lines with a \"prompt\" field (jsonl), or CSV with a prompt column.",
     )
-    prompt_format = forms.ChoiceField(choices=PROMPT_FORMATS, initial="txt")
+    prompt_format = forms.ChoiceField(
+        choices=PROMPT_FORMATS, initial="txt", help_text="The format of the typed prompts."
+    )
     held_out_fraction = forms.FloatField(
         initial=0.2,
         min_value=0.0,

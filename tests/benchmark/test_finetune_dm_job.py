@@ -229,3 +229,26 @@ def test_only_admins_launch_fine_tuning(roots, crafted, researcher):
     )
     assert response.status_code == 403
     assert not Job.objects.exclude(pk=crafted.pk).exists()
+
+
+def test_the_launch_pages_of_the_dm_kinds_give_every_setting_a_help_text_and_demo_defaults(
+    admin_user,
+):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(admin_user)
+    for kind in ("generate", "finetune_dm", "evaluate_dm"):
+        form = launch.get_kind(kind).form_class()
+        assert all(field.help_text for field in form.fields.values()), [
+            name for name, field in form.fields.items() if not field.help_text
+        ]
+        assert client.get(f"/launch/{kind}/").status_code == 200
+    defaults = launch.get_kind("finetune_dm").form_class.defaults()
+    assert (defaults["lora_rank"], defaults["lr"], defaults["resolution"]) == (16, 1e-4, 512)
+    assert (defaults["guidance_weight"], defaults["snr_gamma"], defaults["dpo_beta"]) == (
+        1.0,
+        5.0,
+        5000.0,
+    )
+    assert defaults["objective"] == "guidance" and defaults["max_steps"] == 200
