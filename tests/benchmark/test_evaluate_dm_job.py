@@ -190,6 +190,10 @@ def test_paired_differences_equal_a_direct_computation_from_the_stored_scores(ev
     assert not MetricVersion.objects.filter(metric="hps_v2").exists()
     assert result["detection"]["faces_found"]["difference"] == 0.0
     assert job.progress_done == job.progress_total
+    client = Client()
+    client.force_login(job.created_by)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'href="/research/evaluations/{job.pk}/"' in page and "hps_v2" in page
 
 
 def test_the_largest_face_aggregate_pairs_each_images_largest_face(tuned_job):

@@ -92,6 +92,16 @@ def _run(job: Job) -> Job:
     return job
 
 
+def _page(job: Job, user) -> str:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    response = client.get(f"/jobs/{job.pk}/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
 def _pixels(generation: Generation) -> np.ndarray:
     with generation.image.open("rb") as fh:
         return np.asarray(Image.open(io.BytesIO(fh.read())).convert("RGB"))
@@ -135,6 +145,8 @@ def test_generate_job_stores_every_image_with_provenance_and_detects_faces(
     assert job.result["generated"] == 4 and job.result["already_there"] == 0
     assert job.result["dataset"] == dataset.pk and job.result["detector"] == "haar"
     assert (job.progress_done, job.progress_total) == (4, 4)
+    page = _page(job, admin_user)
+    assert f'href="/datasets/{dataset.pk}/"' in page and "4 new as &#x27;tiny-text2img&#x27;" in page
     # the provenance is enough to make the images again, byte for byte (the same batches)
     first, second = generations[:2]
     pipeline = load_pipeline(first.extra["model_path"], task="text2img", device="cpu")
