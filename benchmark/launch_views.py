@@ -166,7 +166,7 @@ def svg_line_chart(
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'role="img" aria-label="{escape(title)}" class="chart">',
+        f'role="img" aria-label="{escape(title)}" class="chart" style="max-width:100%;height:auto">',
         f'<text x="{left}" y="14" font-size="12" font-weight="600">{escape(title)}</text>',
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#c4c9d0"/>',
         f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">{_fmt(y_max)}</text>',
