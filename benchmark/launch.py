@@ -491,7 +491,8 @@ def artifact_files(job: Job) -> list[dict[str, Any]]:
         return []
     files = []
     for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink():
+        # dot files are bookkeeping (the sha256 cache of ml.weights), not results
+        if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
             files.append({"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size})
             if len(files) >= MAX_LISTED_ARTIFACTS:
                 break

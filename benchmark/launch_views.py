@@ -7,6 +7,7 @@ a new kind needs no view code.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -297,6 +298,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "charts": job_charts(job),
         "summary": spec.summary(job) if spec and spec.summary else [],
         "artifacts": launch.artifact_files(job),
+        "config_json": json.dumps(job.config, indent=2, sort_keys=True, ensure_ascii=False),
         "pairs": FacePair.objects.filter(crafting_job=job).order_by("id")[:PAIR_PREVIEWS],
         "n_pairs": FacePair.objects.filter(crafting_job=job).count(),
         "may_cancel": is_admin(request.user) and not job.is_finished,

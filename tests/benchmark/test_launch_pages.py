@@ -164,7 +164,9 @@ def test_a_researcher_reads_the_job_page_curves_log_and_artifacts(researcher, cr
     recorder.flush()
     (job.artifact_dir / "train").mkdir(parents=True)
     (job.artifact_dir / "train" / "FS_model.pt").write_bytes(b"weights")
+    (job.artifact_dir / "train" / ".facebench-sha256.json").write_text("{}")  # bookkeeping
     page = _client(researcher).get(f"/jobs/{job.pk}/").content.decode()
+    assert ".facebench-sha256.json" not in page and "7\xa0bytes" in page
     assert page.count("<svg") == 4  # loss, validation accuracy, learning rate, gradient norm
     assert "crafted: 0.75" in page and "human: 0.5" in page and "step 2: loss 0.5" in page
     assert f'href="/jobs/{job.pk}/artifacts/train/FS_model.pt"' in page
