@@ -33,7 +33,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,7 +53,11 @@ logger = logging.getLogger(__name__)
 MAX_CANDIDATES_PER_CLAIM = 50
 MAX_CLAIM_COUNT = 8
 
-ACTIVE, SUBMITTED, SKIPPED = Assignment.Status.ACTIVE, Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED
+ACTIVE, SUBMITTED, SKIPPED = (
+    Assignment.Status.ACTIVE,
+    Assignment.Status.SUBMITTED,
+    Assignment.Status.SKIPPED,
+)
 
 _ITEM = Item._meta.db_table
 _ASSIGNMENT = Assignment._meta.db_table
@@ -60,20 +65,12 @@ _MEMBERSHIP = Membership._meta.db_table
 _CAMPAIGN = Campaign._meta.db_table
 _JUDGMENT = Judgment._meta.db_table
 
-# Every Item column but created_at, so claimed items come back as whole model instances.
-_ITEM_FIELDS = [
-    "id",
-    "campaign_id",
-    "face_id",
-    "left_face_id",
-    "right_face_id",
-    "is_gold",
-    "gold_answer",
-    "judgments_wanted",
-    "judgment_count",
-    "screen",
-]
+# Every Item column, so claimed items come back as whole model instances.
+_ITEM_FIELDS = [f.attname for f in Item._meta.concrete_fields]
 _ITEM_COLUMNS = ", ".join(f"i.{name}" for name in _ITEM_FIELDS)
+_IS_GOLD, _SCREEN, _CREATED_AT = (
+    _ITEM_FIELDS.index(name) for name in ("is_gold", "screen", "created_at")
+)
 
 
 class Refused(Exception):
@@ -105,7 +102,11 @@ def _locked(qs: QuerySet, *, skip_locked: bool = False) -> QuerySet:
     if connection.features.has_select_for_update:
         if skip_locked and connection.features.has_select_for_update_skip_locked:
             return qs.select_for_update(skip_locked=True, of=("self",))
-        return qs.select_for_update(of=("self",)) if connection.features.has_select_for_update_of else qs.select_for_update()
+        return (
+            qs.select_for_update(of=("self",))
+            if connection.features.has_select_for_update_of
+            else qs.select_for_update()
+        )
     return qs
 
 
@@ -130,24 +131,52 @@ def _py_datetime(value: Any) -> datetime:
     return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, UTC)
 
 
-def _fetchone(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+class Statements:
+    """One cursor for a run of the hot path's hand-written statements (``%s`` placeholders).
+
+    On PostgreSQL it is a psycopg cursor with server-side parameters, whose statements are
+    prepared once per connection (when the ``prepare_threshold`` database option allows it, see
+    settings): with persistent connections the planner then runs once per statement, where
+    Django's client-side binding plans every query anew, and planning costs PostgreSQL more than
+    running these statements does.
+    """
+
+    def __init__(self, cursor: Any, *, prepare: bool) -> None:
+        self.cursor = cursor
+        self.options = {"prepare": True} if prepare else {}
+
+    def run(self, sql: str, params: Sequence[Any]) -> None:
+        self.cursor.execute(sql, params, **self.options)
+
+    def one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+        self.cursor.execute(sql, params, **self.options)
+        return self.cursor.fetchone()
+
+    def all(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        self.cursor.execute(sql, params, **self.options)
+        return self.cursor.fetchall()
 
 
-def _fetchall(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
+@contextmanager
+def statements() -> Iterator[Statements]:
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            yield Statements(cursor, prepare=False)
+        return
+    import psycopg
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        yield Statements(cursor, prepare=True)
 
 
 def _item_from_row(values: Sequence[Any]) -> Item:
-    """An Item from the ``_ITEM_COLUMNS`` of a raw row (created_at stays deferred)."""
+    """An Item from the ``_ITEM_COLUMNS`` of a raw row."""
     values = list(values)
-    values[5] = bool(values[5])  # is_gold: 0/1 on SQLite
-    if isinstance(values[9], str):
-        values[9] = json.loads(values[9])  # screen: JSON text from either backend's raw cursor
+    values[_IS_GOLD] = bool(values[_IS_GOLD])  # 0/1 on SQLite
+    if isinstance(values[_SCREEN], str):
+        values[_SCREEN] = json.loads(values[_SCREEN])  # JSON text from either backend's raw cursor
+    values[_CREATED_AT] = _py_datetime(values[_CREATED_AT])
     return Item.from_db(connection.alias, _ITEM_FIELDS, values)
 
 
@@ -172,10 +201,76 @@ def claim_items(
     return claim(campaign_id=campaign.pk, annotator_id=annotator.pk, count=count, now=now)
 
 
+def claim(
+    *, campaign_id: int, annotator_id: int, count: int = 1, now: datetime | None = None
+) -> ClaimResult:
+    """``claim_items`` by ids, for callers (the hot-path views) that have no model instances."""
+    now = now or timezone.now()
+    count = max(1, min(count, MAX_CLAIM_COUNT))
+    with transaction.atomic(), statements() as db:
+        row = db.one(
+            f"SELECT m.id, m.items_served, m.gold_served, m.paused_at, m.pause_reason,"
+            f" c.status, c.protocol, c.overlap_k, c.gold_share, c.lease_seconds"
+            f" FROM {_MEMBERSHIP} m JOIN {_CAMPAIGN} c ON c.id = m.campaign_id"
+            f" WHERE m.campaign_id = %s AND m.annotator_id = %s" + _for_update("m"),
+            (campaign_id, annotator_id),
+        )
+        if row is None:
+            raise Refused("You are not an annotator of this campaign.", status=404)
+        (
+            membership_id,
+            items_served,
+            gold_served,
+            paused_at,
+            pause_reason,
+            status,
+            protocol,
+            k,
+            gold_share,
+            lease_s,
+        ) = row
+        if paused_at is not None:
+            return ClaimResult(paused=True, message=_pause_message(pause_reason), protocol=protocol)
+        if status != Campaign.Status.ACTIVE:
+            return ClaimResult(
+                message=f"This campaign is {status}; there is nothing to annotate.",
+                protocol=protocol,
+            )
+        claimer = _Claimer(
+            db,
+            campaign_id,
+            annotator_id,
+            membership_id,
+            items_served,
+            gold_served,
+            k,
+            gold_share,
+            lease_s,
+            now,
+        )
+        held, prefetched = claimer.queue(count)
+        while len(held) < count:
+            assignment = claimer.claim_one(prefetched)
+            prefetched = None
+            if assignment is None:
+                break
+            held.append(assignment)
+    message = "" if held else "No more items for you in this campaign. Thank you!"
+    return ClaimResult(assignments=held, message=message, protocol=protocol)
+
+
+# Live leases of item ``i``; expired leases simply stop counting.
+_LIVE_LEASES = f"(SELECT COUNT(*) FROM {_ASSIGNMENT} l WHERE l.item_id = i.id AND l.status = %s AND l.expires_at > %s)"
+
+# (kind, item) of a candidate locked ahead: ``item`` is None when there was none of that kind.
+Prefetched = tuple[bool, Item | None]
+
+
 @dataclass
 class _Claimer:
-    """One claim transaction's view of the membership it has locked."""
+    """One claim transaction: its statements and the membership row it has locked."""
 
+    db: Statements
     campaign_id: int
     annotator_id: int
     membership_id: int
@@ -186,167 +281,171 @@ class _Claimer:
     lease_seconds: int
     now: datetime
 
+    def gold_due(self) -> bool:
+        return self.gold_share > 0 and self.gold_served < self.gold_share * (self.items_served + 1)
 
-def claim(*, campaign_id: int, annotator_id: int, count: int = 1, now: datetime | None = None) -> ClaimResult:
-    """``claim_items`` by ids, for callers (the hot-path views) that have no model instances."""
-    now = now or timezone.now()
-    count = max(1, min(count, MAX_CLAIM_COUNT))
-    with transaction.atomic():
-        row = _fetchone(
-            f"SELECT m.id, m.items_served, m.gold_served, m.paused_at, m.pause_reason,"
-            f" c.status, c.protocol, c.overlap_k, c.gold_share, c.lease_seconds"
-            f" FROM {_MEMBERSHIP} m JOIN {_CAMPAIGN} c ON c.id = m.campaign_id"
-            f" WHERE m.campaign_id = %s AND m.annotator_id = %s" + _for_update("m"),
-            (campaign_id, annotator_id),
+    def queue(self, count: int) -> tuple[list[Assignment], Prefetched | None]:
+        """The live leases held (up to ``count``) and, if they are fewer, the first candidate,
+        locked: one statement for what a steady ``next`` needs before its insert."""
+        now = _db_datetime(self.now)
+        kind = self.gold_due()
+        candidate, candidate_params = self._candidate_sql(
+            is_gold=kind,
+            skipped=(),
+            limit="(SELECT CASE WHEN COUNT(*) < %s THEN 1 ELSE 0 END FROM held)",
         )
-        if row is None:
-            raise Refused("You are not an annotator of this campaign.", status=404)
-        membership_id, items_served, gold_served, paused_at, pause_reason, status, protocol, k, gold_share, lease_s = row
-        if paused_at is not None:
-            return ClaimResult(paused=True, message=_pause_message(pause_reason), protocol=protocol)
-        if status != Campaign.Status.ACTIVE:
-            return ClaimResult(message=f"This campaign is {status}; there is nothing to annotate.", protocol=protocol)
-        held = _held_leases(campaign_id, annotator_id, now, count)
-        claimer = _Claimer(campaign_id, annotator_id, membership_id, items_served, gold_served, k, gold_share, lease_s, now)
-        while len(held) < count:
-            assignment = _claim_one(claimer)
-            if assignment is None:
-                break
-            held.append(assignment)
-        claimed = claimer.items_served - items_served
-        if claimed:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {_MEMBERSHIP} SET items_served = items_served + %s, gold_served = gold_served + %s"
-                    f" WHERE id = %s",
-                    (claimed, claimer.gold_served - gold_served, membership_id),
-                )
-    message = "" if held else "No more items for you in this campaign. Thank you!"
-    return ClaimResult(assignments=held, message=message, protocol=protocol)
-
-
-def _lease(item: Item, *, lease_id: int, annotator_id: int, display_index: int, created_at: datetime, expires_at: datetime) -> Assignment:
-    assignment = Assignment.from_db(
-        connection.alias,
-        ["id", "item_id", "annotator_id", "status", "display_index", "created_at", "expires_at"],
-        [lease_id, item.pk, annotator_id, ACTIVE, display_index, created_at, expires_at],
-    )
-    assignment.item = item
-    return assignment
-
-
-def _held_leases(campaign_id: int, annotator_id: int, now: datetime, count: int) -> list[Assignment]:
-    rows = _fetchall(
-        f"SELECT a.id, a.display_index, a.created_at, a.expires_at, {_ITEM_COLUMNS}"
-        f" FROM {_ASSIGNMENT} a JOIN {_ITEM} i ON i.id = a.item_id"
-        f" WHERE a.annotator_id = %s AND i.campaign_id = %s AND a.status = %s AND a.expires_at > %s"
-        f" ORDER BY a.display_index LIMIT %s",
-        (annotator_id, campaign_id, ACTIVE, _db_datetime(now), count),
-    )
-    return [
-        _lease(
-            _item_from_row(row[4:]),
-            lease_id=row[0],
-            annotator_id=annotator_id,
-            display_index=row[1],
-            created_at=_py_datetime(row[2]),
-            expires_at=_py_datetime(row[3]),
+        rows = self.db.all(
+            f"WITH held AS (SELECT a.id, a.display_index, a.created_at, a.expires_at, {_ITEM_COLUMNS}"
+            f" FROM {_ASSIGNMENT} a JOIN {_ITEM} i ON i.id = a.item_id"
+            f" WHERE a.annotator_id = %s AND i.campaign_id = %s AND a.status = %s AND a.expires_at > %s"
+            f" ORDER BY a.display_index LIMIT %s), candidate AS ({candidate})"
+            f" SELECT * FROM held UNION ALL SELECT NULL, NULL, NULL, NULL, * FROM candidate",
+            [self.annotator_id, self.campaign_id, ACTIVE, now, count, *candidate_params, count],
         )
-        for row in rows
-    ]
+        held = [
+            self._lease(
+                _item_from_row(row[4:]),
+                lease_id=row[0],
+                display_index=row[1],
+                created_at=row[2],
+                expires_at=row[3],
+            )
+            for row in rows
+            if row[0] is not None
+        ]
+        held.sort(key=lambda lease: lease.display_index)
+        if len(held) >= count:
+            return held, None
+        found = [_item_from_row(row[4:]) for row in rows if row[0] is None]
+        return held, (kind, found[0] if found else None)
 
+    def claim_one(self, prefetched: Prefetched | None) -> Assignment | None:
+        # Gold first when due (falling back to regular items); never a stream of gold items alone,
+        # which would tell the annotator which items are the checks.
+        for is_gold in (True, False) if self.gold_due() else (False,):
+            skipped: list[int] = []
+            if prefetched is not None and prefetched[0] == is_gold:
+                item = prefetched[1]
+            else:
+                item = self._lock_candidate(is_gold=is_gold, skipped=skipped)
+            prefetched = None
+            for _ in range(MAX_CANDIDATES_PER_CLAIM):
+                if item is None:
+                    break
+                assignment = self._insert_lease(item)
+                if assignment is not None:
+                    self.items_served += 1
+                    self.gold_served += int(is_gold)
+                    return assignment
+                skipped.append(item.pk)  # it filled up since the candidate query's snapshot
+                item = self._lock_candidate(is_gold=is_gold, skipped=skipped)
+        return None
 
-def _claim_one(claimer: _Claimer) -> Assignment | None:
-    gold_due = claimer.gold_share > 0 and claimer.gold_served < claimer.gold_share * (claimer.items_served + 1)
-    # Gold first when due (falling back to regular items); never a stream of gold items alone,
-    # which would tell the annotator which items are the checks.
-    for is_gold in (True, False) if gold_due else (False,):
-        assignment = _lease_candidate(claimer, is_gold=is_gold)
-        if assignment is not None:
-            claimer.items_served += 1
-            claimer.gold_served += int(is_gold)
-            return assignment
-    return None
-
-
-# Live leases of item ``i``; expired leases simply stop counting.
-_LIVE_LEASES = f"(SELECT COUNT(*) FROM {_ASSIGNMENT} l WHERE l.item_id = i.id AND l.status = %s AND l.expires_at > %s)"
-
-
-def _lease_candidate(claimer: _Claimer, *, is_gold: bool) -> Assignment | None:
-    now = _db_datetime(claimer.now)
-    # Never an item this annotator answered, skipped or holds now; one whose lease expired
-    # unanswered may come back to them like to anyone else.
-    not_again = (
-        f"NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.item_id = i.id AND a.annotator_id = %s"
-        f" AND (a.status <> %s OR a.expires_at > %s))"
-    )
-    params: list[Any] = [claimer.campaign_id, is_gold, claimer.annotator_id, ACTIVE, now]
-    if is_gold:
-        # Gold items have no k: every annotator may see each once; least-seen first.
-        room, order = "", "i.judgment_count, i.id"
-    else:
-        # Items are made with judgments_wanted = the campaign's k, so complete items sit at the
-        # top of the claim-order index: the first bound lets the scan start below them.
-        room = f" AND i.judgment_count < %s AND i.judgment_count + {_LIVE_LEASES} < i.judgments_wanted"
-        order = "i.judgment_count DESC, i.id"  # nearest completion first
-        params += [claimer.overlap_k, ACTIVE, now]
-    skipped: list[int] = []
-    for _ in range(MAX_CANDIDATES_PER_CLAIM):
+    def _candidate_sql(
+        self, *, is_gold: bool, skipped: Sequence[int], limit: str
+    ) -> tuple[str, list[Any]]:
+        now = _db_datetime(self.now)
+        # Never an item this annotator answered, skipped or holds now; one whose lease expired
+        # unanswered may come back to them like to anyone else.
+        not_again = (
+            f"NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.item_id = i.id AND a.annotator_id = %s"
+            f" AND (a.status <> %s OR a.expires_at > %s))"
+        )
+        params: list[Any] = [self.campaign_id, is_gold, self.annotator_id, ACTIVE, now]
+        if is_gold:
+            # Gold items have no k: every annotator may see each once; least-seen first.
+            room, order = "", "i.judgment_count, i.id"
+        else:
+            # Items are made with judgments_wanted = the campaign's k, so complete items sit at the
+            # top of the claim-order index: the first bound lets the scan start below them.
+            room = f" AND i.judgment_count < %s AND i.judgment_count + {_LIVE_LEASES} < i.judgments_wanted"
+            order = "i.judgment_count DESC, i.id"  # nearest completion first
+            params += [self.overlap_k, ACTIVE, now]
         stepped_over = f" AND i.id NOT IN ({', '.join(['%s'] * len(skipped))})" if skipped else ""
-        row = _fetchone(
+        sql = (
             f"SELECT {_ITEM_COLUMNS} FROM {_ITEM} i WHERE i.campaign_id = %s AND i.is_gold = %s AND {not_again}"
-            f"{room}{stepped_over} ORDER BY {order} LIMIT 1" + _for_update("i", skip_locked=True),
-            [*params, *skipped],
+            f"{room}{stepped_over} ORDER BY {order} LIMIT {limit}"
+            + _for_update("i", skip_locked=True)
         )
+        return sql, [*params, *skipped]
+
+    def _lock_candidate(self, *, is_gold: bool, skipped: Sequence[int]) -> Item | None:
+        sql, params = self._candidate_sql(is_gold=is_gold, skipped=skipped, limit="1")
+        row = self.db.one(sql, params)
+        return None if row is None else _item_from_row(row)
+
+    def _insert_lease(self, item: Item) -> Assignment | None:
+        """The lease, unless the item filled up since the candidate query's snapshot (this new
+        statement sees every lease committed before it), with the membership's counters bumped.
+
+        A lease of this annotator's that expired unanswered is renewed in place (one row per item
+        and annotator, ever), at a new position in their sequence.
+        """
+        expires_at = self.now + timedelta(seconds=self.lease_seconds)
+        insert = (
+            f"INSERT INTO {_ASSIGNMENT} (item_id, annotator_id, status, display_index, created_at, expires_at)"
+            f" SELECT %s, %s, %s, %s, %s, %s"
+            f" WHERE %s OR (SELECT judgment_count + {_LIVE_LEASES} FROM {_ITEM} i WHERE i.id = %s) < %s"
+            f" ON CONFLICT (item_id, annotator_id) DO UPDATE SET status = excluded.status,"
+            f" display_index = excluded.display_index, created_at = excluded.created_at, expires_at = excluded.expires_at"
+            f" RETURNING id"
+        )
+        now = _db_datetime(self.now)
+        insert_params = [
+            item.pk, self.annotator_id, ACTIVE, self.items_served, now, _db_datetime(expires_at),
+            item.is_gold, ACTIVE, now, item.pk, item.judgments_wanted or 0,
+        ]  # fmt: skip
+        serve = f"UPDATE {_MEMBERSHIP} SET items_served = items_served + 1, gold_served = gold_served + %s WHERE id = %s"
+        serve_params = [int(item.is_gold), self.membership_id]
+        if connection.vendor == "postgresql":  # one round trip
+            row = self.db.one(
+                f"WITH lease AS ({insert}), served AS ({serve} AND EXISTS (SELECT 1 FROM lease)) SELECT id FROM lease",
+                [*insert_params, *serve_params],
+            )
+        else:
+            row = self.db.one(insert, insert_params)
+            if row is not None:
+                self.db.run(serve, serve_params)
         if row is None:
             return None
-        item = _item_from_row(row)
-        assignment = _insert_lease(claimer, item)
-        if assignment is not None:
-            return assignment
-        skipped.append(item.pk)
-    return None
+        return self._lease(
+            item,
+            lease_id=row[0],
+            display_index=self.items_served,
+            created_at=self.now,
+            expires_at=expires_at,
+        )
+
+    def _lease(
+        self, item: Item, *, lease_id: int, display_index: int, created_at: Any, expires_at: Any
+    ) -> Assignment:
+        assignment = Assignment.from_db(
+            connection.alias,
+            _ASSIGNMENT_FIELDS,
+            [
+                lease_id,
+                item.pk,
+                self.annotator_id,
+                ACTIVE,
+                display_index,
+                _py_datetime(created_at),
+                _py_datetime(expires_at),
+            ],
+        )
+        assignment.item = item
+        return assignment
 
 
-def _insert_lease(claimer: _Claimer, item: Item) -> Assignment | None:
-    """The lease, unless the item filled up since the candidate query's snapshot.
-
-    A lease of this annotator's that expired unanswered is renewed in place (one row per item and
-    annotator, ever), at a new position in their sequence.
-    """
-    expires_at = claimer.now + timedelta(seconds=claimer.lease_seconds)
-    row = _fetchone(
-        f"INSERT INTO {_ASSIGNMENT} (item_id, annotator_id, status, display_index, created_at, expires_at)"
-        f" SELECT %s, %s, %s, %s, %s, %s"
-        f" WHERE %s OR (SELECT judgment_count + {_LIVE_LEASES} FROM {_ITEM} i WHERE i.id = %s) < %s"
-        f" ON CONFLICT (item_id, annotator_id) DO UPDATE SET status = excluded.status,"
-        f" display_index = excluded.display_index, created_at = excluded.created_at, expires_at = excluded.expires_at"
-        f" RETURNING id",
-        (
-            item.pk,
-            claimer.annotator_id,
-            ACTIVE,
-            claimer.items_served,
-            _db_datetime(claimer.now),
-            _db_datetime(expires_at),
-            item.is_gold,
-            ACTIVE,
-            _db_datetime(claimer.now),
-            item.pk,
-            item.judgments_wanted or 0,
-        ),
-    )
-    if row is None:
-        return None
-    return _lease(
-        item,
-        lease_id=row[0],
-        annotator_id=claimer.annotator_id,
-        display_index=claimer.items_served,
-        created_at=claimer.now,
-        expires_at=expires_at,
-    )
+_ASSIGNMENT_FIELDS = [f.attname for f in Assignment._meta.concrete_fields]
+assert _ASSIGNMENT_FIELDS == [
+    "id",
+    "item_id",
+    "annotator_id",
+    "status",
+    "display_index",
+    "created_at",
+    "expires_at",
+]
 
 
 # --- Submitting ------------------------------------------------------------------------------
@@ -363,11 +462,17 @@ def _gold_correct(gold_answer: str, *, rating: int | None, answer: str, toleranc
 
 def _answer_fields(*, rating: int | None, choice: str, flag: str) -> dict[str, Any]:
     """The one answer given, checked as far as it can be without knowing the campaign."""
-    given = [name for name, value in (("rating", rating), ("choice", choice), ("flag", flag)) if value not in (None, "")]
+    given = [
+        name
+        for name, value in (("rating", rating), ("choice", choice), ("flag", flag))
+        if value not in (None, "")
+    ]
     if len(given) != 1:
         raise Refused("Give exactly one of rating, choice or flag.", status=400)
     if flag and flag not in Judgment.Flag.values:
-        raise Refused(f"Unknown flag {flag!r}; use one of {', '.join(Judgment.Flag.values)}.", status=400)
+        raise Refused(
+            f"Unknown flag {flag!r}; use one of {', '.join(Judgment.Flag.values)}.", status=400
+        )
     return {"rating": rating, "choice": choice or "", "flag": flag or ""}
 
 
@@ -379,18 +484,26 @@ def _check_answer_fits(protocol: str, answer: dict[str, Any]) -> None:
         if rating is None or not 1 <= rating <= 5:
             raise Refused("This campaign asks for a rating from 1 to 5.", status=400)
     elif answer["choice"] not in Judgment.Choice.values:
-        raise Refused(f"This campaign asks for a choice: one of {', '.join(Judgment.Choice.values)}.", status=400)
+        raise Refused(
+            f"This campaign asks for a choice: one of {', '.join(Judgment.Choice.values)}.",
+            status=400,
+        )
 
 
 def _stored_judgment(judgment_id: int, annotator_id: int, item_id: int) -> Judgment:
     """The judgment a retried key refers to, as far as the acknowledgement needs it (the rest
     loads on access)."""
-    return Judgment.from_db(connection.alias, ["id", "annotator_id", "item_id"], [judgment_id, annotator_id, item_id])
+    return Judgment.from_db(
+        connection.alias, ["id", "annotator_id", "item_id"], [judgment_id, annotator_id, item_id]
+    )
 
 
-def _existing_for_key(key: uuid.UUID, annotator_id: int, item_id: int) -> Judgment | None:
-    row = _fetchone(
-        f"SELECT id, annotator_id, item_id FROM {_JUDGMENT} WHERE idempotency_key = %s", (_db_uuid(key),)
+def _existing_for_key(
+    db: Statements, key: uuid.UUID, annotator_id: int, item_id: int
+) -> Judgment | None:
+    row = db.one(
+        f"SELECT id, annotator_id, item_id FROM {_JUDGMENT} WHERE idempotency_key = %s",
+        (_db_uuid(key),),
     )
     if row is None:
         return None
@@ -411,14 +524,20 @@ def _db_uuid(key: uuid.UUID) -> Any:
 def _replayed(judgment: Judgment) -> SubmitResult:
     """The answer to a retried submit: the stored judgment, and the pause state as it is now, so
     a client whose first acknowledgement was lost still learns that this answer paused it."""
-    membership = Membership.objects.filter(campaign__items=judgment.item_id, annotator_id=judgment.annotator_id).first()
-    return _replay_result(judgment, membership.pause_reason if membership and membership.is_paused else None)
+    membership = Membership.objects.filter(
+        campaign__items=judgment.item_id, annotator_id=judgment.annotator_id
+    ).first()
+    return _replay_result(
+        judgment, membership.pause_reason if membership and membership.is_paused else None
+    )
 
 
 def _replay_result(judgment: Judgment, pause_reason: str | None) -> SubmitResult:
     if pause_reason is None:
         return SubmitResult(judgment=judgment, created=False)
-    return SubmitResult(judgment=judgment, created=False, paused=True, message=_pause_message(pause_reason))
+    return SubmitResult(
+        judgment=judgment, created=False, paused=True, message=_pause_message(pause_reason)
+    )
 
 
 def submit_judgment(
@@ -460,8 +579,9 @@ def submit(
     now = now or timezone.now()
     answer = _answer_fields(rating=rating, choice=choice, flag=flag)
     try:
-        with transaction.atomic():
+        with transaction.atomic(), statements() as db:
             return _submit_locked(
+                db,
                 annotator_id=annotator_id,
                 item_id=item_id,
                 idempotency_key=idempotency_key,
@@ -471,13 +591,15 @@ def submit(
             )
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its judgment.
-        existing = _existing_for_key(idempotency_key, annotator_id, item_id)
+        with statements() as db:
+            existing = _existing_for_key(db, idempotency_key, annotator_id, item_id)
         if existing is None:
             raise
         return _replayed(existing)
 
 
 def _submit_locked(
+    db: Statements,
     *,
     annotator_id: int,
     item_id: int,
@@ -487,7 +609,7 @@ def _submit_locked(
     now: datetime,
 ) -> SubmitResult:
     # Locks in the order undo takes them (item, lease, membership), so the two cannot deadlock.
-    row = _fetchone(
+    row = db.one(
         f"SELECT i.campaign_id, i.is_gold, i.gold_answer, i.judgments_wanted, i.judgment_count, i.left_face_id,"
         f" a.id, a.status, a.display_index,"
         f" m.id, m.paused_at, m.pause_reason, m.gold_judged, m.gold_correct,"
@@ -502,7 +624,13 @@ def _submit_locked(
         (annotator_id, annotator_id, _db_uuid(idempotency_key), item_id),
     )
     if row is None:
-        return _submit_refused(annotator_id=annotator_id, item_id=item_id, idempotency_key=idempotency_key, answer=answer)
+        return _submit_refused(
+            db,
+            annotator_id=annotator_id,
+            item_id=item_id,
+            idempotency_key=idempotency_key,
+            answer=answer,
+        )
     (
         campaign_id,
         is_gold,
@@ -532,7 +660,7 @@ def _submit_locked(
     if assignment_status == SUBMITTED:
         # A retry that raced its original here (both read the key before either stored it)
         # gets the stored judgment; a second answer under a new key is refused.
-        existing = _existing_for_key(idempotency_key, annotator_id, item_id)
+        existing = _existing_for_key(db, idempotency_key, annotator_id, item_id)
         if existing is not None:
             return _replay_result(existing, pause)
         raise Refused("You already judged this item.", status=409)
@@ -571,10 +699,10 @@ def _submit_locked(
             min_gold=pause_min_gold,
             now=now,
         )
-    judgment_id = _store(judgment, membership_id=membership_id, gold=gold)
+    judgment_id = _store(db, judgment, membership_id=membership_id, gold=gold)
     if judgment_id is None:
         # Another request stored this key (or this item for this annotator) first.
-        existing = _existing_for_key(idempotency_key, annotator_id, item_id)
+        existing = _existing_for_key(db, idempotency_key, annotator_id, item_id)
         if existing is not None:
             return _replay_result(existing, pause)
         raise Refused("You already judged this item.", status=409)
@@ -583,7 +711,10 @@ def _submit_locked(
     judgment._state.db = connection.alias
     paused = gold is not None and gold[2] is not None
     return SubmitResult(
-        judgment=judgment, created=True, paused=paused, message=_pause_message(gold[3]) if paused and gold else ""
+        judgment=judgment,
+        created=True,
+        paused=paused,
+        message=_pause_message(gold[3]) if paused and gold else "",
     )
 
 
@@ -609,7 +740,13 @@ _JUDGMENT_COLUMNS = (
 )
 
 
-def _store(judgment: Judgment, *, membership_id: int, gold: tuple[int, int, datetime | None, str] | None) -> int | None:
+def _store(
+    db: Statements,
+    judgment: Judgment,
+    *,
+    membership_id: int,
+    gold: tuple[int, int, datetime | None, str] | None,
+) -> int | None:
     """Insert the judgment; only if it went in, count it on the item, close the lease and write
     the gold record. One statement on PostgreSQL (data-modifying CTEs), four on SQLite."""
     insert = (
@@ -634,34 +771,42 @@ def _store(judgment: Judgment, *, membership_id: int, gold: tuple[int, int, date
     close_lease = f"UPDATE {_ASSIGNMENT} SET status = %s WHERE id = %s"
     record_gold = f"UPDATE {_MEMBERSHIP} SET gold_judged = %s, gold_correct = %s, paused_at = %s, pause_reason = %s WHERE id = %s"
     gold_params = (
-        [gold[0], gold[1], _db_datetime(gold[2]) if gold[2] else None, gold[3], membership_id] if gold else []
+        [gold[0], gold[1], _db_datetime(gold[2]) if gold[2] else None, gold[3], membership_id]
+        if gold
+        else []
     )
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":  # one round trip
-            stored = " AND EXISTS (SELECT 1 FROM ins)"
-            sql = (
-                f"WITH ins AS ({insert}), counted AS ({count_it}{stored}), closed AS ({close_lease}{stored})"
-                + (f", gold AS ({record_gold}{stored})" if gold else "")
-                + " SELECT id FROM ins"
-            )
-            cursor.execute(sql, [*insert_params, judgment.item_id, SUBMITTED, judgment.assignment_id, *gold_params])
-            row = cursor.fetchone()
-            return row[0] if row else None
-        cursor.execute(insert, insert_params)
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        cursor.execute(count_it, [judgment.item_id])
-        cursor.execute(close_lease, [SUBMITTED, judgment.assignment_id])
-        if gold:
-            cursor.execute(record_gold, gold_params)
-        return row[0]
+    if connection.vendor == "postgresql":  # one round trip
+        stored = " AND EXISTS (SELECT 1 FROM ins)"
+        sql = (
+            f"WITH ins AS ({insert}), counted AS ({count_it}{stored}), closed AS ({close_lease}{stored})"
+            + (f", gold AS ({record_gold}{stored})" if gold else "")
+            + " SELECT id FROM ins"
+        )
+        row = db.one(
+            sql, [*insert_params, judgment.item_id, SUBMITTED, judgment.assignment_id, *gold_params]
+        )
+        return row[0] if row else None
+    row = db.one(insert, insert_params)
+    if row is None:
+        return None
+    db.run(count_it, [judgment.item_id])
+    db.run(close_lease, [SUBMITTED, judgment.assignment_id])
+    if gold:
+        db.run(record_gold, gold_params)
+    return row[0]
 
 
-def _submit_refused(*, annotator_id: int, item_id: int, idempotency_key: uuid.UUID, answer: dict[str, Any]) -> SubmitResult:
+def _submit_refused(
+    db: Statements,
+    *,
+    annotator_id: int,
+    item_id: int,
+    idempotency_key: uuid.UUID,
+    answer: dict[str, Any],
+) -> SubmitResult:
     """Why the locking statement found nothing, checked in the order a submit's rules apply: a
     retried key, a missing item, an answer the campaign does not take, no lease, no membership."""
-    existing = _existing_for_key(idempotency_key, annotator_id, item_id)
+    existing = _existing_for_key(db, idempotency_key, annotator_id, item_id)
     if existing is not None:
         return _replayed(existing)
     protocol = Item.objects.filter(pk=item_id).values_list("campaign__protocol", flat=True).first()
@@ -677,15 +822,23 @@ def skip_item(*, campaign: Campaign, annotator: User, item_id: int) -> None:
     """Give an item back; this annotator will not be served it again. Idempotent."""
     with transaction.atomic():
         updated = Assignment.objects.filter(
-            item_id=item_id, item__campaign=campaign, annotator=annotator, status=Assignment.Status.ACTIVE
+            item_id=item_id,
+            item__campaign=campaign,
+            annotator=annotator,
+            status=Assignment.Status.ACTIVE,
         ).update(status=Assignment.Status.SKIPPED)
-        if not updated and not Assignment.objects.filter(
-            item_id=item_id, item__campaign=campaign, annotator=annotator
-        ).exists():
+        if (
+            not updated
+            and not Assignment.objects.filter(
+                item_id=item_id, item__campaign=campaign, annotator=annotator
+            ).exists()
+        ):
             raise Refused("This item was not assigned to you.", status=409)
 
 
-def undo_last_judgment(*, campaign: Campaign, annotator: User, now: datetime | None = None) -> Assignment:
+def undo_last_judgment(
+    *, campaign: Campaign, annotator: User, now: datetime | None = None
+) -> Assignment:
     """Delete the annotator's last judgment in the campaign while its lease still holds.
 
     The item's lease becomes active again, so the item is shown again with the same position.
@@ -693,7 +846,9 @@ def undo_last_judgment(*, campaign: Campaign, annotator: User, now: datetime | N
     now = now or timezone.now()
     with transaction.atomic():
         last = (
-            Judgment.objects.filter(item__campaign=campaign, annotator=annotator).order_by("-created_at", "-id").first()
+            Judgment.objects.filter(item__campaign=campaign, annotator=annotator)
+            .order_by("-created_at", "-id")
+            .first()
         )
         if last is None:
             raise Refused("Nothing to undo.")
@@ -704,7 +859,8 @@ def undo_last_judgment(*, campaign: Campaign, annotator: User, now: datetime | N
         membership = _membership_for_update(campaign, annotator)
         if item.is_gold:
             Membership.objects.filter(pk=membership.pk).update(
-                gold_judged=F("gold_judged") - 1, gold_correct=F("gold_correct") - int(bool(last.gold_correct))
+                gold_judged=F("gold_judged") - 1,
+                gold_correct=F("gold_correct") - int(bool(last.gold_correct)),
             )
         last.delete()
         Item.objects.filter(pk=item.pk).update(judgment_count=F("judgment_count") - 1)

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import path
@@ -83,11 +82,14 @@ def _token_user(request: HttpRequest) -> tuple[int, bool] | HttpResponse | None:
     if not header or header[0].lower() != "token":
         return None
     if len(header) != 2:
-        problem = "No credentials provided." if len(header) == 1 else "Token string should not contain spaces."
+        problem = (
+            "No credentials provided."
+            if len(header) == 1
+            else "Token string should not contain spaces."
+        )
         return _detail(f"Invalid token header. {problem}", 403)
-    with connection.cursor() as cursor:
-        cursor.execute(_TOKEN_USER_SQL, (ANNOTATOR, header[1]))
-        row = cursor.fetchone()
+    with engine.statements() as db:
+        row = db.one(_TOKEN_USER_SQL, (ANNOTATOR, header[1]))
     if row is None:
         return _detail("Invalid token.", 403)
     user_id, is_active, annotator = row
@@ -119,7 +121,9 @@ def _body(request: HttpRequest) -> Body | QueryDict | HttpResponse:
             data = json.loads(request.body or b"{}")
         except ValueError as error:
             return _detail(f"JSON parse error - {error}", 400)
-        return data if isinstance(data, dict) else _detail("Invalid data. Expected a dictionary.", 400)
+        return (
+            data if isinstance(data, dict) else _detail("Invalid data. Expected a dictionary.", 400)
+        )
     return request.POST
 
 
@@ -192,7 +196,9 @@ def _uuid(value: Any) -> uuid.UUID:
         raise _Invalid("Must be a valid UUID.") from None
 
 
-def _documented_by(schema_view: type[APIView]) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+def _documented_by(
+    schema_view: type[APIView],
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """Let drf-spectacular describe a plain view through a DRF class that only carries its schema."""
 
     def mark(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -209,7 +215,9 @@ class _NextItemsSchema(APIView):
     @extend_schema(
         operation_id="campaigns_next_create",
         tags=["campaigns"],
-        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The campaign.")],
+        parameters=[
+            OpenApiParameter("id", int, OpenApiParameter.PATH, description="The campaign.")
+        ],
         request=NextItemsRequestSerializer,
         responses=NextItemsSerializer,
     )
@@ -225,7 +233,11 @@ class _SubmitSchema(APIView):
         operation_id="judgments_create",
         tags=["judgments"],
         request=JudgmentCreateSerializer,
-        responses={201: JudgmentAckSerializer, 200: JudgmentAckSerializer, 409: OpenApiTypes.OBJECT},
+        responses={
+            201: JudgmentAckSerializer,
+            200: JudgmentAckSerializer,
+            409: OpenApiTypes.OBJECT,
+        },
     )
     def post(self, request: Any) -> None:
         """Idempotent on ``idempotency_key``: a retry answers 200 with the stored judgment."""
@@ -245,7 +257,9 @@ def next_items(request: HttpRequest, id: int) -> HttpResponse:
     if isinstance(data, HttpResponse):
         return data
     errors: dict[str, list[str]] = {}
-    count = _field(data, "count", errors, lambda v: _integer(v, low=1, high=engine.MAX_CLAIM_COUNT), default=1)
+    count = _field(
+        data, "count", errors, lambda v: _integer(v, low=1, high=engine.MAX_CLAIM_COUNT), default=1
+    )
     if errors:
         return _json(errors, 400)
     try:
@@ -274,10 +288,18 @@ def judgments(request: HttpRequest) -> HttpResponse:
     errors: dict[str, list[str]] = {}
     key = _field(data, "idempotency_key", errors, _uuid)
     item_id = _field(data, "item", errors, _integer)
-    rating = _field(data, "rating", errors, lambda v: _integer(v, low=1, high=5), default=None, allow_null=True)
+    rating = _field(
+        data, "rating", errors, lambda v: _integer(v, low=1, high=5), default=None, allow_null=True
+    )
     choice = _field(data, "choice", errors, _choice(Judgment.Choice.values), default="")
     flag = _field(data, "flag", errors, _choice(Judgment.Flag.values), default="")
-    shown_ms = _field(data, "time_on_screen_ms", errors, lambda v: _integer(v, low=0, high=MAX_TIME_ON_SCREEN_MS), default=0)
+    shown_ms = _field(
+        data,
+        "time_on_screen_ms",
+        errors,
+        lambda v: _integer(v, low=0, high=MAX_TIME_ON_SCREEN_MS),
+        default=0,
+    )
     if errors:
         return _json(errors, 400)
     try:

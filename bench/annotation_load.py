@@ -41,6 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_database(url: str, *, annotators: int, prompts: int, models: int, k: int) -> tuple[int, list[dict[str, str]]]:
+def setup_database(
+    url: str, *, annotators: int, prompts: int, models: int, k: int
+) -> tuple[int, list[dict[str, str]]]:
     """Recreate the bench database and seed it; returns the campaign id and, per annotator, the
     headers of token auth and of a browser session (cookie + CSRF header)."""
     import psycopg
@@ -110,14 +113,67 @@ def setup_database(url: str, *, annotators: int, prompts: int, models: int, k: i
             }
         )
     dataset = make_dataset(
-        "bench", prompts=[f"prompt {i}" for i in range(prompts)], models=[f"dm{i}" for i in range(models)]
+        "bench",
+        prompts=[f"prompt {i}" for i in range(prompts)],
+        models=[f"dm{i}" for i in range(models)],
     )
-    campaign = create_campaign(name="bench", protocol="likert", datasets=[dataset], annotators=users, overlap_k=k)
+    _seed_finished_campaign(dataset, users, k)
+    campaign = create_campaign(
+        name="bench", protocol="likert", datasets=[dataset], annotators=users, overlap_k=k
+    )
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")  # fresh tables: give the planner real row counts, as autovacuum would
+        cursor.execute(
+            "ANALYZE"
+        )  # fresh tables: give the planner real row counts, as autovacuum would
     return campaign.pk, auth
+
+
+def _seed_finished_campaign(dataset: Any, users: list[Any], k: int) -> None:
+    """An earlier campaign over the same faces, finished: every item judged k times.
+
+    Any deployment past its first day has such history, and it matters to the measurement: on
+    near-empty lease and judgment tables the planner picks sequential scans, and prepared
+    statements keep those plans until autovacuum's next ANALYZE, which a 20-second run never sees.
+    """
+    from django.utils import timezone
+
+    from annotator.campaigns import create_campaign
+    from annotator.models import Assignment, Campaign, Item, Judgment
+
+    earlier = create_campaign(
+        name="earlier", protocol="likert", datasets=[dataset], annotators=users, overlap_k=k
+    )
+    now = timezone.now()
+    items = list(earlier.items.values_list("id", flat=True))
+    for start in range(0, len(items), 1000):
+        chunk = items[start : start + 1000]
+        leases = Assignment.objects.bulk_create(
+            Assignment(
+                item_id=item,
+                annotator=users[(n + j) % len(users)],
+                status=Assignment.Status.SUBMITTED,
+                display_index=n,
+                created_at=now,
+                expires_at=now,
+            )  # fmt: skip
+            for n, item in enumerate(chunk, start)
+            for j in range(k)
+        )
+        Judgment.objects.bulk_create(
+            Judgment(
+                item_id=lease.item_id,
+                annotator_id=lease.annotator_id,
+                assignment=lease,
+                rating=3,
+                display_index=lease.display_index,
+                time_on_screen_ms=1000,
+            )  # fmt: skip
+            for lease in leases
+        )
+    Item.objects.filter(campaign=earlier).update(judgment_count=k)
+    Campaign.objects.filter(pk=earlier.pk).update(status=Campaign.Status.FINISHED)
 
 
 class Connection:
@@ -156,7 +212,10 @@ class Connection:
                 continue
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ", 2)[1])
-            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            headers = {
+                k.lower(): v.strip()
+                for k, _, v in (line.partition(":") for line in lines[1:] if line)
+            }
             data = await self.reader.readexactly(int(headers.get("content-length", "0")))
             if headers.get("connection", "").lower() == "close":
                 self.writer.close()
@@ -191,7 +250,9 @@ class Annotator:
 
     async def judge_one(self) -> bool:
         """One screen: the queue, then one answer (sometimes sent twice). False when nothing is left."""
-        status, data = await self._post(f"/api/campaigns/{self.campaign}/next/", {"count": 4}, self.next_ms)
+        status, data = await self._post(
+            f"/api/campaigns/{self.campaign}/next/", {"count": 4}, self.next_ms
+        )
         if status != 200:
             self.errors.append(f"next answered {status} {str(data)[:200]}")
             return False
@@ -232,11 +293,17 @@ class Annotator:
                 await asyncio.sleep(self.rng.expovariate(1 / think_s))
 
 
-async def drive(port: int, campaign: int, auth: list[str], seconds: float, args: argparse.Namespace) -> list[Annotator]:
-    annotators = [Annotator(Connection(port, a), campaign, i, args.retry_share) for i, a in enumerate(auth)]
+async def drive(
+    port: int, campaign: int, auth: list[str], seconds: float, args: argparse.Namespace
+) -> list[Annotator]:
+    annotators = [
+        Annotator(Connection(port, a), campaign, i, args.retry_share) for i, a in enumerate(auth)
+    ]
     rate_each = args.rate / len(annotators) if args.rate else 0.0
     deadline = time.perf_counter() + seconds
-    await asyncio.gather(*(a.run(deadline, think_s=args.think_ms / 1000, rate_each=rate_each) for a in annotators))
+    await asyncio.gather(
+        *(a.run(deadline, think_s=args.think_ms / 1000, rate_each=rate_each) for a in annotators)
+    )
     for a in annotators:
         a.conn.close()
     return annotators
@@ -246,12 +313,14 @@ async def warm_up(port: int, campaign: int, auth: list[str]) -> None:
     """Every connection and every worker thread's database connection, before the clock starts."""
     conns = [Connection(port, a) for a in auth]
     for _ in range(2):
-        await asyncio.gather(*(c.post(f"/api/campaigns/{campaign}/next/", {"count": 1}) for c in conns))
+        await asyncio.gather(
+            *(c.post(f"/api/campaigns/{campaign}/next/", {"count": 1}) for c in conns)
+        )
     for c in conns:
         c.close()
 
 
-def check_integrity(acked: list[tuple[str, int]], k: int) -> list[str]:
+def check_integrity(campaign: int, acked: list[tuple[str, int]], k: int) -> list[str]:
     from django.db import connection
     from django.db.models import Count
 
@@ -260,16 +329,25 @@ def check_integrity(acked: list[tuple[str, int]], k: int) -> list[str]:
     problems = []
     if Item.objects.filter(judgment_count__gt=k).exists():
         problems.append("an item has more than k judgments")
-    if Judgment.objects.values("item", "annotator").annotate(n=Count("id")).filter(n__gt=1).exists():
+    if (
+        Judgment.objects.values("item", "annotator")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+        .exists()
+    ):
         problems.append("an annotator judged an item twice")
-    stored = dict(Judgment.objects.values_list("idempotency_key", "id"))
+    stored = dict(
+        Judgment.objects.filter(item__campaign_id=campaign).values_list("idempotency_key", "id")
+    )
     acked_map = {uuid.UUID(key): jid for key, jid in acked}
     if len(acked_map) != len(acked):
         problems.append("one key acknowledged twice as new")
     if acked_map != stored:
         lost = set(acked_map) - set(stored)
         extra = set(stored) - set(acked_map)
-        problems.append(f"stored judgments differ from acknowledged ones: {len(lost)} lost, {len(extra)} unacknowledged")
+        problems.append(
+            f"stored judgments differ from acknowledged ones: {len(lost)} lost, {len(extra)} unacknowledged"
+        )
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM annotator_item i WHERE i.judgment_count <>"
@@ -316,7 +394,8 @@ def _backend_pids(database: str) -> list[int]:
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [database]
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [database],
         )
         return [row[0] for row in cursor.fetchall()]
 
@@ -332,25 +411,41 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=int(os.getenv("WEB_CONCURRENCY", "3")))
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--worker-class", default="gthread", choices=["gthread", "sync"])
-    parser.add_argument("--auth", default="token", choices=["token", "session"], help="API token or browser session")
+    parser.add_argument(
+        "--auth", default="token", choices=["token", "session"], help="API token or browser session"
+    )
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--retry-share", type=float, default=0.05)
-    parser.add_argument("--rate", type=float, default=0, help="offered judgments/s in all (0: as fast as the server allows)")
     parser.add_argument(
-        "--think-ms", type=float, default=0, help="mean time an annotator looks before answering (0: no pause)"
+        "--rate",
+        type=float,
+        default=0,
+        help="offered judgments/s in all (0: as fast as the server allows)",
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0,
+        help="mean time an annotator looks before answering (0: no pause)",
     )
     args = parser.parse_args()
     logging.getLogger("django").setLevel(logging.ERROR)
 
     base = os.getenv("DATABASE_URL", "")
     if not base.startswith(("postgres://", "postgresql://")):
-        print("Set DATABASE_URL=postgres://… (the benchmark makes its own <name>_bench database next to it).")
+        print(
+            "Set DATABASE_URL=postgres://… (the benchmark makes its own <name>_bench database next to it)."
+        )
         return 2
     url = _bench_database_url(base)
     expected = args.rate * args.seconds if args.rate else args.annotators * args.seconds * 20
     models = 4
     campaign, auth = setup_database(
-        url, annotators=args.annotators, prompts=int(expected / args.k * 1.5 + 1000) // models, models=models, k=args.k
+        url,
+        annotators=args.annotators,
+        prompts=int(expected / args.k * 1.5 + 1000) // models,
+        models=models,
+        k=args.k,
     )
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO)}
@@ -377,7 +472,11 @@ def main() -> int:
         pace = (
             f"offered {args.rate:.0f} judgments/s"
             if args.rate
-            else (f"think time {args.think_ms:.0f} ms" if args.think_ms else "no think time (saturation)")
+            else (
+                f"think time {args.think_ms:.0f} ms"
+                if args.think_ms
+                else "no think time (saturation)"
+            )
         )
         print(f"gunicorn: {' '.join(command[2:]).replace(str(port), 'PORT')}")
         print(
@@ -406,7 +505,7 @@ def main() -> int:
         f"load generator {1000 * own / n:.2f} ms ({own / elapsed:.0%} of one core)"
     )
     print(f"load average after: {load_after}")
-    problems = check_integrity(acked, args.k) + errors[:10]
+    problems = check_integrity(campaign, acked, args.k) + errors[:10]
     print(
         "integrity:  ",
         "OK — no item over k, no double judgment, every acknowledged submit stored once, counters and leases agree"

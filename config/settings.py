@@ -93,6 +93,12 @@ if os.getenv("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+        # The ORM binds parameters client-side and never prepares; the annotation hot path's
+        # server-side cursors (annotator/assignment.py) prepare their statements once per
+        # connection, which halves what PostgreSQL spends on them. Turn this off behind a pooler
+        # that cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
+        if envbool("FACEBENCH_PREPARED_STATEMENTS", "True"):
+            DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
