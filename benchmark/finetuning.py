@@ -82,7 +82,7 @@ FINETUNE_HELP: dict[str, dict[str, str]] = {
         "grad_clip": "Clip the gradient norm to this (0 = no clipping).",
         "guidance_weight": "λ: weight of the face guidance term beside the standard loss on good images.",
         "snr_gamma": "γ of the min-SNR weight w(t) of the guidance term (0 turns the weight off).",
-        "dpo_beta": "β of Diffusion-DPO (5000 is the Diffusion-DPO paper's value for SD 1.5).",
+        "dpo_beta": "β of Diffusion-DPO (5000 is the Diffusion-DPO paper's value for SD 1.5 and SDXL).",
         "ema_decay": "EMA of the trained weights (0 = off); the output then holds the averaged weights.",
         "gradient_checkpointing": "Trade compute for memory (big models, big batches).",
         "compile": "torch.compile the UNet (CUDA only): minutes of compiling up front, faster steps after; for long runs.",
@@ -91,7 +91,7 @@ FINETUNE_HELP: dict[str, dict[str, str]] = {
         "validation_seed": "Seed of the validation images (the same at every validation).",
         "validation_steps": "Denoising steps of the validation images.",
         "validation_guidance": "Guidance scale of the validation images.",
-        "resolution": "Training resolution: images are centre-cropped to a square of this side (512 for SD 1.5).",
+        "resolution": "Training resolution: images are centre-cropped to a square of this side (512 for SD 1.5, 1024 for SDXL).",
     }
 }
 
@@ -129,7 +129,7 @@ class FinetuneDMForm(LaunchForm):
 
     model = ServerPathField(
         label="Model",
-        help_text="The SD 1.5-family text-to-image model to tune: a diffusers folder or a single .safetensors/.ckpt file.",
+        help_text="The text-to-image model to tune (SD 1.5 family or SDXL): a diffusers folder or a single .safetensors/.ckpt file.",
     )
     model_config = ServerPathField(
         want="dir",
@@ -233,11 +233,11 @@ class FinetuneDMForm(LaunchForm):
                 from ml.sd import inspect_model
 
                 info = inspect_model(cleaned["model"], config=cleaned.get("model_config") or None)
-                if info["architecture"] != "sd15":
+                if info["architecture"] not in ("sd15", "sdxl"):
                     self.add_error(
                         "model",
                         f"{cleaned['model']} is an {info['architecture']} model; fine-tuning supports "
-                        "the SD 1.5 family (SD 1.5, Realistic Vision) for now.",
+                        "the SD 1.5 family (SD 1.5, Realistic Vision) and SDXL.",
                     )
         return cleaned
 
@@ -494,7 +494,7 @@ register(
     LaunchKind(
         kind=Job.Kind.FINETUNE_DM,
         title="Fine-tune a DM",
-        description="Tune an SD 1.5-family model on crafted face pairs with the face guidance loss or Diffusion-DPO (LoRA or full UNet); the output feeds an evaluation.",
+        description="Tune an SD 1.5-family or SDXL model on crafted face pairs with the face guidance loss or Diffusion-DPO (LoRA or full UNet); the output feeds an evaluation.",
         form_class=FinetuneDMForm,
         run=run_finetune_job,
         queue="gpu",

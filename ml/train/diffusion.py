@@ -1,4 +1,4 @@
-"""Fine-tuning a diffusion model (SD 1.5 family) on (good, bad) face pairs.
+"""Fine-tuning a diffusion model (SD 1.5 family or SDXL) on (good, bad) face pairs.
 
 Two objectives, both on VAE latents of a pair that differ only inside the face mask:
 
@@ -6,6 +6,9 @@ Two objectives, both on VAE latents of a pair that differ only inside the face m
   denoising task on the good image and, inside the face, steer the noisy *bad* state towards the
   *good* face.
 - ``dpo``: Diffusion-DPO (Wallace et al. 2023) with the LoRA-disabled UNet as the reference.
+
+SDXL differs only in what conditions the UNet (two text encoders' states, a pooled embedding and
+size "time ids", all cached with the latents) and in its pipeline classes; the losses are the same.
 
 The loss functions below are pure tensor functions (no model inside), so the tests check their
 algebra exactly and the GPU bench times the same code the training loop runs.
@@ -230,8 +233,8 @@ def squared_error(pred: Tensor, target: Tensor) -> Tensor:
 #   L = −log σ(−β/2 · (Δ_model − Δ_ref))
 # The official train.py (SalesforceAIResearch/DiffusionDPO) computes exactly this:
 # ``scale_term = -0.5 * beta_dpo; inside = scale_term * (model_diff - ref_diff)`` with per-element
-# mean errors; the paper's β·T·ω(λ_t) is folded into beta_dpo (5000 for SD 1.5 in their launchers),
-# the ½ is the Gaussian log-likelihood's. Lower model error on the winner than the reference has
+# mean errors; the paper's β·T·ω(λ_t) is folded into beta_dpo (5000 for SD 1.5 and for SDXL in
+# their launchers), the ½ is the Gaussian log-likelihood's. Lower model error on the winner than the reference has
 # makes the logit positive. With the model equal to the reference the logit is 0: loss = ln 2.
 def dpo_logits(
     model_err_good: Tensor,
@@ -464,16 +467,15 @@ class FinetuneResult:
 
 def _load_sd_pipeline(model_path: Path, config_dir: Path | None) -> Any:
     """The text-to-image pipeline on the CPU in fp32 (components move to the device later)."""
-    from ml.sd import ModelUnavailable, load_pipeline
+    from ml.sd import load_pipeline
 
-    pipeline = load_pipeline(
+    return load_pipeline(
         model_path, task="text2img", device="cpu", dtype=torch.float32, config=config_dir
     )
-    if "XL" in type(pipeline).__name__:
-        raise ModelUnavailable(
-            f"{model_path} is an SDXL model; fine-tuning supports the SD 1.5 family (SD 1.5, Realistic Vision) for now"
-        )
-    return pipeline
+
+
+def _is_sdxl(pipeline: Any) -> bool:
+    return getattr(pipeline, "text_encoder_2", None) is not None
 
 
 def prepare_unet(
@@ -569,8 +571,9 @@ def compute_loss(
     alphas = context.alphas_cumprod[timesteps]
     states = torch.cat([noisy_latents(z_good, noise, alphas), noisy_latents(z_bad, noise, alphas)])
     timesteps2, text2 = torch.cat([timesteps, timesteps]), torch.cat([text, text])
+    extra = _added_conditions(batch)
     with autocast(device, context.compute_dtype):
-        prediction = unet(states, timesteps2, text2).sample
+        prediction = unet(states, timesteps2, text2, **extra).sample
     pred_good, pred_bad = prediction.chunk(2)
     if config.objective == "guidance":
         terms = guidance_loss_terms(
@@ -598,10 +601,10 @@ def compute_loss(
     model_err = squared_error(prediction, target)
     with torch.no_grad(), autocast(device, context.compute_dtype):
         if context.reference is not None:
-            ref_prediction = context.reference(states, timesteps2, text2).sample
+            ref_prediction = context.reference(states, timesteps2, text2, **extra).sample
         else:
             with adapters_disabled(unet):
-                ref_prediction = unet(states, timesteps2, text2).sample
+                ref_prediction = unet(states, timesteps2, text2, **extra).sample
     ref_err = squared_error(ref_prediction, target)
     logits = dpo_logits(*model_err.chunk(2), *ref_err.chunk(2), beta=config.dpo_beta)
     loss = -F.logsigmoid(logits).mean()
@@ -609,6 +612,19 @@ def compute_loss(
         "implicit_accuracy": (logits.detach() > 0).float().mean(),
         "model_mse": model_err.detach().mean(),
         "reference_mse": ref_err.mean(),
+    }
+
+
+def _added_conditions(batch: dict[str, Tensor]) -> dict[str, Any]:
+    """SDXL's extra UNet inputs for the doubled (good, bad) batch; nothing for SD 1.5."""
+    if "pooled" not in batch:
+        return {}
+    pooled, time_ids = batch["pooled"], batch["time_ids"]
+    return {
+        "added_cond_kwargs": {
+            "text_embeds": torch.cat([pooled, pooled]),
+            "time_ids": torch.cat([time_ids, time_ids]),
+        }
     }
 
 
@@ -698,17 +714,22 @@ def _validation_images(
     folder: Path,
     device: torch.device,
     compute_dtype: torch.dtype,
+    sdxl: bool = False,
 ) -> list[Path]:
     """One image per validation prompt with the current weights, seeds fixed per prompt."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipeline: Any = StableDiffusionPipeline(
-        **pipeline_parts,
-        unet=unet,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipeline: Any
+    if sdxl:
+        pipeline = StableDiffusionXLPipeline(**pipeline_parts, unet=unet, add_watermarker=False)
+    else:
+        pipeline = StableDiffusionPipeline(
+            **pipeline_parts,
+            unet=unet,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipeline.set_progress_bar_config(disable=True)
     target = folder / f"step-{step:06d}"
     target.mkdir(parents=True, exist_ok=True)
@@ -736,9 +757,15 @@ def _validation_images(
 
 
 def _save_output(
-    unet: Any, config: FinetuneConfig, out_dir: Path, *, model_path: Path, config_dir: Path | None
+    unet: Any,
+    config: FinetuneConfig,
+    out_dir: Path,
+    *,
+    model_path: Path,
+    config_dir: Path | None,
+    sdxl: bool = False,
 ) -> tuple[Path, str]:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if config.lora_rank > 0:
         from diffusers.utils import convert_state_dict_to_diffusers
@@ -749,7 +776,9 @@ def _save_output(
         layers = {
             name: tensor.detach().float().cpu().contiguous() for name, tensor in layers.items()
         }
-        StableDiffusionPipeline.save_lora_weights(
+        # UNet-only LoRA; the SDXL class writes the same "unet." keys that its loader expects
+        saver = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+        saver.save_lora_weights(
             folder,
             unet_lora_layers=layers,
             safe_serialization=True,
@@ -760,6 +789,12 @@ def _save_output(
     base = _load_sd_pipeline(model_path, config_dir)
     unet.disable_gradient_checkpointing()
     parts = {**base.components, "unet": unet.to("cpu", dtype=torch.float32)}
+    folder = out_dir / "model"
+    if sdxl:
+        # the base's own settings (force_zeros_for_empty_prompt) carry over with its config
+        base.register_modules(unet=parts["unet"])
+        base.save_pretrained(folder, safe_serialization=True)
+        return folder, "diffusers"
     pipeline: Any = StableDiffusionPipeline(
         **{
             **parts,
@@ -768,7 +803,6 @@ def _save_output(
             "requires_safety_checker": False,
         }
     )
-    folder = out_dir / "model"
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder, "diffusers"
 
@@ -787,11 +821,13 @@ def finetune(
     should_stop: Callable[[], bool] | None = None,
     config_dir: str | os.PathLike[str] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune an SD 1.5-family model on face pairs with the guidance loss or Diffusion-DPO.
+    """Fine-tune an SD 1.5-family or SDXL model on face pairs with the guidance loss or
+    Diffusion-DPO.
 
     1. Load the pipeline (local files only); prediction type and noise schedule from its scheduler.
-    2. Encode every pair (VAE posterior mean × scaling factor, latent face mask) and prompt once,
-       cached under ``out_dir/cache`` by a hash of model files, pairs and resolution.
+    2. Encode every pair (VAE posterior mean × scaling factor, latent face mask) and prompt once
+       (SDXL: both encoders' states, the pooled embedding and the size time ids), cached under
+       ``out_dir/cache`` by a hash of model files, pairs, resolution and architecture.
     3. LoRA on the attention projections (or the full UNet), AdamW, warmup + constant/cosine lr.
     4. Each optimizer step: ``accumulation`` micro-batches of ``batch_size`` pairs, gradient
        clipping, EMA; a record per step to ``on_step``; a checkpoint every ``checkpoint_every``
@@ -818,14 +854,20 @@ def finetune(
     _check_prediction_type(prediction_type)
     noise_schedule: Any = DDPMScheduler.from_config(pipeline.scheduler.config)
     alphas_cumprod = noise_schedule.alphas_cumprod.float().to(torch_device)
+    sdxl = _is_sdxl(pipeline)
     vae, text_encoder = pipeline.vae, pipeline.text_encoder
-    for frozen in (vae, text_encoder):
+    text_encoder_2 = pipeline.text_encoder_2 if sdxl else None
+    for frozen in (vae, text_encoder, text_encoder_2):
+        if frozen is None:
+            continue
         frozen.requires_grad_(False).eval()
         frozen.to(torch_device)
-        if compute_dtype != torch.float32:
+        # SDXL's VAE overflows in half precision (force_upcast): it encodes once, so fp32 is cheap
+        upcast = sdxl and frozen is vae and vae.config.get("force_upcast", False)
+        if compute_dtype != torch.float32 and not upcast:
             frozen.to(dtype=compute_dtype)
 
-    key = cache_key(model_path, pairs, config.resolution)
+    key = cache_key(model_path, pairs, config.resolution, "sdxl" if sdxl else "sd15")
     cached, _ = load_or_encode(
         out / "cache",
         key,
@@ -835,6 +877,8 @@ def finetune(
         text_encoder=text_encoder,
         resolution=config.resolution,
         device=torch_device,
+        tokenizer_2=pipeline.tokenizer_2 if sdxl else None,
+        text_encoder_2=text_encoder_2,
     )
 
     torch.manual_seed(config.seed)  # LoRA A initialisation
@@ -866,12 +910,18 @@ def finetune(
         step, history = _resume(
             latest, unet, params, named, optimizer, lr_scheduler, ema, generator, config, key
         )
-    validation_parts = {
+    validation_parts: dict[str, Any] = {
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": pipeline.tokenizer,
         "scheduler": pipeline.scheduler,
     }
+    if sdxl:
+        validation_parts.update(
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=pipeline.tokenizer_2,
+            force_zeros_for_empty_prompt=pipeline.config.get("force_zeros_for_empty_prompt", True),
+        )
     validation_images: list[Path] = []
     validated_at = -1
 
@@ -889,6 +939,7 @@ def finetune(
                     folder=out / "validation",
                     device=torch_device,
                     compute_dtype=compute_dtype,
+                    sdxl=sdxl,
                 )
             )
         finally:
@@ -911,8 +962,9 @@ def finetune(
         return _save_checkpoint(checkpoint_dir, state, config.checkpoints_total_limit)
 
     log.info(
-        "fine-tuning %s (%s, %s) on %d pairs: %s, %s, steps %d → %d",
+        "fine-tuning %s (%s%s, %s) on %d pairs: %s, %s, steps %d → %d",
         model_path,
+        "SDXL, " if sdxl else "",
         prediction_type,
         f"LoRA rank {config.lora_rank}" if config.lora_rank else "full UNet",
         len(cached),
@@ -961,7 +1013,9 @@ def finetune(
         validate()
     if ema is not None:
         ema.swap(params)  # the output carries the averaged weights
-    output, kind = _save_output(unet, config, out, model_path=model_path, config_dir=config_path)
+    output, kind = _save_output(
+        unet, config, out, model_path=model_path, config_dir=config_path, sdxl=sdxl
+    )
     log.info("wrote %s (%s)", output, kind)
     return FinetuneResult(
         output=output,

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ml.sd import ModelUnavailable, describe_model, inspect_model, load_pipeline
-from tests.ml.tiny_sd import TINY_IMAGE_PX, write_tiny_sd
+from tests.ml.tiny_sd import TINY_IMAGE_PX, write_tiny_sd, write_tiny_sdxl
 
 
 @pytest.fixture(scope="module")
@@ -423,96 +423,6 @@ def test_an_image_is_not_mistaken_for_a_model(tmp_path):
 
 
 # --- SDXL -----------------------------------------------------------------------------------
-
-
-def write_tiny_sdxl(folder: Path, *, inpaint: bool = False) -> Path:
-    """A tiny SDXL pipeline folder (two text encoders, text_time added embeddings), built like
-    diffusers' own SDXL pipeline tests build theirs, with the tiny CLIP vocabulary."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLInpaintPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
-
-    from tests.ml.tiny_sd import _clip_vocab, write_tokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=TINY_IMAGE_PX // 2,
-        in_channels=9 if inpaint else 4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,  # 6 size/crop ids × 8 + pooled text 32
-        cross_attention_dim=64,  # the two encoders' 32 + 32
-        norm_num_groups=32,
-    )
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=TINY_IMAGE_PX,
-    )
-    text_config = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        vocab_size=len(_clip_vocab()[0]),
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        projection_dim=32,
-    )
-    torch.manual_seed(2)
-    text_encoder = CLIPTextModel(text_config)
-    torch.manual_seed(3)
-    text_encoder_2 = CLIPTextModelWithProjection(text_config)
-    tokenizer = CLIPTokenizer.from_pretrained(
-        write_tokenizer(folder / "tokenizer"), model_max_length=77
-    )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
-    pipeline_class = StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline
-    pipeline = pipeline_class(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        add_watermarker=False,
-    )
-    pipeline.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
