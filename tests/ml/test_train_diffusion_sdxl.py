@@ -21,10 +21,12 @@ from ml.train.diffusion import (
     prepare_unet,
 )
 from ml.train.latents import LatentPairs, cache_key, encode_pairs
+from tests.benchmark.test_finetune_dm_job import _data as _job_data
+from tests.benchmark.test_finetune_dm_job import crafted
 from tests.ml.test_train_diffusion import _config, _generate, face_pairs
 from tests.ml.tiny_sd import TINY_IMAGE_PX, write_tiny_sd, write_tiny_sdxl
 
-__all__ = ["face_pairs"]  # a fixture, imported for pytest
+__all__ = ["crafted", "face_pairs"]  # fixtures, imported for pytest
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +278,56 @@ def test_an_sd15_cache_has_no_sdxl_conditioning(tmp_path, face_pairs):
     assert sorted(torch.load(tmp_path / "cache" / "latents-k.pt", weights_only=True)) == sorted(
         ["good", "bad", "mask", "prompt_index", "text"]
     )
+
+
+# --- the launch form and the job ----------------------------------------------------------------
+
+
+@pytest.fixture
+def roots(tmp_path, settings, sdxl_model) -> Path:
+    """The job tests' roots (tests/benchmark/test_finetune_dm_job.py) with the tiny SDXL model
+    as the launchable "tiny-text2img" and an SD 2 look-alike beside it."""
+    import json
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(sdxl_model, models / "tiny-text2img")
+    sd2 = write_tiny_sd(models / "tiny-sd2")
+    unet_config = json.loads((sd2 / "unet" / "config.json").read_text())
+    unet_config["cross_attention_dim"] = 1024  # what inspect_model reads as SD 2
+    (sd2 / "unet" / "config.json").write_text(json.dumps(unet_config))
+    settings.FACEBENCH_WEIGHTS_DIR = tmp_path / "weights"
+    settings.FACEBENCH_ARTIFACTS_DIR = tmp_path / "artifacts"
+    settings.FACEBENCH_INPUT_DIRS = [models]
+    settings.FACEBENCH_WEIGHTS_DIR.mkdir()
+    return models
+
+
+@pytest.mark.django_db
+def test_an_sdxl_dpo_job_launches_from_the_form_and_writes_a_lora_that_loads(
+    roots, crafted, admin_user
+):
+    from benchmark import launch
+    from benchmark.finetuning import tuned_model
+    from jobs.models import Job
+
+    data = _job_data(roots, crafting_jobs=[crafted.pk], objective="dpo", dpo_beta=500.0)
+    job = launch.launch("finetune_dm", data, created_by=admin_user, fill_defaults=True)
+    launch.run_launched_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error + job.log_tail
+    assert job.result["model"]["architecture"] == "sdxl" and job.result["output_kind"] == "lora"
+    paths = tuned_model(job)
+    tuned = load_pipeline(paths["model"], task="text2img", device="cpu", lora=paths["lora"])
+    assert type(tuned).__name__ == "StableDiffusionXLPipeline"
+    assert any(tuned.get_list_adapters().values())
+
+
+@pytest.mark.django_db
+def test_the_launch_form_still_refuses_an_sd2_model(roots, crafted):
+    from benchmark import launch
+
+    data = _job_data(roots, crafting_jobs=[crafted.pk], model=str(roots / "tiny-sd2"))
+    with pytest.raises(launch.LaunchInvalid) as refused:
+        launch.launch("finetune_dm", data, fill_defaults=True)
+    assert "sd2 model" in " ".join(refused.value.form.errors["model"])

@@ -5,6 +5,7 @@ CLIP text encoder), with a hand-written CLIP BPE vocabulary instead of a downloa
 the same files as a real SD 1.5 / Realistic Vision folder (model_index.json, unet/, vae/,
 text_encoder/, tokenizer/, scheduler/), so the real loading code is what the tests exercise.
 
+``write_tiny_sdxl`` writes the SDXL layout (text_encoder_2/, tokenizer_2/, a "text_time" UNet).
 Images are 64 px (VAE scale factor 2, UNet sample size 32); every model is random but seeded.
 """
 
