@@ -40,7 +40,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -68,8 +69,8 @@ _JUDGMENT = Judgment._meta.db_table
 # Every Item column, so claimed items come back as whole model instances.
 _ITEM_FIELDS = [f.attname for f in Item._meta.concrete_fields]
 _ITEM_COLUMNS = ", ".join(f"i.{name}" for name in _ITEM_FIELDS)
-_IS_GOLD, _SCREEN, _CREATED_AT = (
-    _ITEM_FIELDS.index(name) for name in ("is_gold", "screen", "created_at")
+_IS_GOLD, _JUDGMENTS_WANTED, _SCREEN, _CREATED_AT = (
+    _ITEM_FIELDS.index(name) for name in ("is_gold", "judgments_wanted", "screen", "created_at")
 )
 
 
@@ -82,12 +83,49 @@ class Refused(Exception):
         self.status = status
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A live lease as a claim read or made it: the assignment's columns and its item's row
+    (values in ``_ITEM_FIELDS`` order). The hot path answers from these; model instances are
+    built only for callers that ask for them."""
+
+    assignment_id: int
+    annotator_id: int
+    display_index: int
+    created_at: datetime
+    expires_at: datetime
+    item: list[Any]
+
+    @property
+    def item_id(self) -> int:
+        return int(self.item[0])
+
+    @property
+    def screen(self) -> list[dict[str, Any]]:
+        return list(self.item[_SCREEN])
+
+    def assignment(self) -> Assignment:
+        """The lease as an ``Assignment`` with its ``Item``, both complete (nothing deferred)."""
+        values = [
+            self.assignment_id, self.item_id, self.annotator_id, ACTIVE,
+            self.display_index, self.created_at, self.expires_at,
+        ]  # fmt: skip
+        assignment = Assignment.from_db(DEFAULT_DB_ALIAS, _ASSIGNMENT_FIELDS, values)
+        assignment.item = Item.from_db(DEFAULT_DB_ALIAS, _ITEM_FIELDS, list(self.item))
+        return assignment
+
+
 @dataclass
 class ClaimResult:
-    assignments: list[Assignment] = field(default_factory=list)
+    leases: list[Lease] = field(default_factory=list)
     paused: bool = False
     message: str = ""
     protocol: str = ""
+
+    @property
+    def assignments(self) -> list[Assignment]:
+        """The leases as model instances, in the order the annotator should see them."""
+        return [lease.assignment() for lease in self.leases]
 
 
 @dataclass
@@ -110,18 +148,6 @@ def _locked(qs: QuerySet, *, skip_locked: bool = False) -> QuerySet:
     return qs
 
 
-def _for_update(aliases: str, *, skip_locked: bool = False) -> str:
-    """The row-lock clause for a raw statement; nothing on SQLite, where the whole transaction
-    holds the write lock from BEGIN IMMEDIATE."""
-    if not connection.features.has_select_for_update:
-        return ""
-    return f" FOR UPDATE OF {aliases}" + (" SKIP LOCKED" if skip_locked else "")
-
-
-def _db_datetime(value: datetime) -> Any:
-    return connection.ops.adapt_datetimefield_value(value)
-
-
 def _py_datetime(value: Any) -> datetime:
     """A timestamp read by a raw cursor: aware already on PostgreSQL, UTC text on SQLite."""
     if isinstance(value, datetime):
@@ -132,7 +158,8 @@ def _py_datetime(value: Any) -> datetime:
 
 
 class Statements:
-    """One cursor for a run of the hot path's hand-written statements (``%s`` placeholders).
+    """One cursor for a run of the hot path's hand-written statements (``%s`` placeholders), on
+    the two databases FaceBench runs on, with what differs between them looked up once.
 
     On PostgreSQL it is a psycopg cursor with server-side parameters, whose statements are
     prepared once per connection (when the ``prepare_threshold`` database option allows it, see
@@ -141,9 +168,12 @@ class Statements:
     running these statements does.
     """
 
-    def __init__(self, cursor: Any, *, prepare: bool) -> None:
+    def __init__(self, cursor: Any, wrapper: BaseDatabaseWrapper) -> None:
         self.cursor = cursor
-        self.options = {"prepare": True} if prepare else {}
+        self.wrapper = wrapper
+        self.alias = wrapper.alias
+        self.postgres = wrapper.vendor == "postgresql"
+        self.options = {"prepare": True} if self.postgres else {}
 
     def run(self, sql: str, params: Sequence[Any]) -> None:
         self.cursor.execute(sql, params, **self.options)
@@ -156,28 +186,50 @@ class Statements:
         self.cursor.execute(sql, params, **self.options)
         return self.cursor.fetchall()
 
+    def lock(self, aliases: str, *, skip_locked: bool = False) -> str:
+        """The row-lock clause; nothing on SQLite, where the whole transaction holds the write
+        lock from BEGIN IMMEDIATE."""
+        if not self.postgres:
+            return ""
+        return f" FOR UPDATE OF {aliases}" + (" SKIP LOCKED" if skip_locked else "")
+
+    def when(self, value: datetime) -> Any:
+        """A timestamp parameter (UTC text on SQLite)."""
+        return value if self.postgres else self.wrapper.ops.adapt_datetimefield_value(value)
+
+    def key(self, value: uuid.UUID) -> Any:
+        """An idempotency-key parameter (32 hex digits on SQLite)."""
+        return _KEY_FIELD.get_db_prep_value(value, self.wrapper)
+
+
+_KEY_FIELD = Judgment._meta.get_field("idempotency_key")
+
 
 @contextmanager
 def statements() -> Iterator[Statements]:
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            yield Statements(cursor, prepare=False)
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if wrapper.vendor != "postgresql":
+        with wrapper.cursor() as cursor:
+            yield Statements(cursor, wrapper)
         return
     import psycopg
 
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        yield Statements(cursor, prepare=True)
+    # What Django's own cursor() does first: the once-per-request health check (CONN_HEALTH_CHECKS)
+    # of a persistent connection, then connect.
+    wrapper.close_if_health_check_failed()
+    wrapper.ensure_connection()
+    with wrapper.wrap_database_errors, psycopg.Cursor(wrapper.connection) as cursor:
+        yield Statements(cursor, wrapper)
 
 
-def _item_from_row(values: Sequence[Any]) -> Item:
-    """An Item from the ``_ITEM_COLUMNS`` of a raw row."""
-    values = list(values)
-    values[_IS_GOLD] = bool(values[_IS_GOLD])  # 0/1 on SQLite
-    if isinstance(values[_SCREEN], str):
-        values[_SCREEN] = json.loads(values[_SCREEN])  # JSON text from either backend's raw cursor
-    values[_CREATED_AT] = _py_datetime(values[_CREATED_AT])
-    return Item.from_db(connection.alias, _ITEM_FIELDS, values)
+def _item_row(values: Sequence[Any]) -> list[Any]:
+    """The ``_ITEM_COLUMNS`` of a raw row as the values of an Item's fields."""
+    row = list(values)
+    row[_IS_GOLD] = bool(row[_IS_GOLD])  # 0/1 on SQLite
+    if isinstance(row[_SCREEN], str):
+        row[_SCREEN] = json.loads(row[_SCREEN])  # JSON text from either backend's raw cursor
+    row[_CREATED_AT] = _py_datetime(row[_CREATED_AT])
+    return row
 
 
 def _membership_for_update(campaign: Campaign, annotator: User) -> Membership:
@@ -212,7 +264,7 @@ def claim(
             f"SELECT m.id, m.items_served, m.gold_served, m.paused_at, m.pause_reason,"
             f" c.status, c.protocol, c.overlap_k, c.gold_share, c.lease_seconds"
             f" FROM {_MEMBERSHIP} m JOIN {_CAMPAIGN} c ON c.id = m.campaign_id"
-            f" WHERE m.campaign_id = %s AND m.annotator_id = %s" + _for_update("m"),
+            f" WHERE m.campaign_id = %s AND m.annotator_id = %s" + db.lock("m"),
             (campaign_id, annotator_id),
         )
         if row is None:
@@ -250,20 +302,20 @@ def claim(
         )
         held, prefetched = claimer.queue(count)
         while len(held) < count:
-            assignment = claimer.claim_one(prefetched)
+            lease = claimer.claim_one(prefetched)
             prefetched = None
-            if assignment is None:
+            if lease is None:
                 break
-            held.append(assignment)
+            held.append(lease)
     message = "" if held else "No more items for you in this campaign. Thank you!"
-    return ClaimResult(assignments=held, message=message, protocol=protocol)
+    return ClaimResult(leases=held, message=message, protocol=protocol)
 
 
 # Live leases of item ``i``; expired leases simply stop counting.
 _LIVE_LEASES = f"(SELECT COUNT(*) FROM {_ASSIGNMENT} l WHERE l.item_id = i.id AND l.status = %s AND l.expires_at > %s)"
 
-# (kind, item) of a candidate locked ahead: ``item`` is None when there was none of that kind.
-Prefetched = tuple[bool, Item | None]
+# (kind, item row) of a candidate locked ahead: the row is None when there was none of that kind.
+Prefetched = tuple[bool, list[Any] | None]
 
 
 @dataclass
@@ -284,10 +336,10 @@ class _Claimer:
     def gold_due(self) -> bool:
         return self.gold_share > 0 and self.gold_served < self.gold_share * (self.items_served + 1)
 
-    def queue(self, count: int) -> tuple[list[Assignment], Prefetched | None]:
+    def queue(self, count: int) -> tuple[list[Lease], Prefetched | None]:
         """The live leases held (up to ``count``) and, if they are fewer, the first candidate,
         locked: one statement for what a steady ``next`` needs before its insert."""
-        now = _db_datetime(self.now)
+        now = self.db.when(self.now)
         kind = self.gold_due()
         candidate, candidate_params = self._candidate_sql(
             is_gold=kind,
@@ -303,12 +355,13 @@ class _Claimer:
             [self.annotator_id, self.campaign_id, ACTIVE, now, count, *candidate_params, count],
         )
         held = [
-            self._lease(
-                _item_from_row(row[4:]),
-                lease_id=row[0],
-                display_index=row[1],
-                created_at=row[2],
-                expires_at=row[3],
+            Lease(
+                row[0],
+                self.annotator_id,
+                row[1],
+                _py_datetime(row[2]),
+                _py_datetime(row[3]),
+                _item_row(row[4:]),
             )
             for row in rows
             if row[0] is not None
@@ -316,10 +369,10 @@ class _Claimer:
         held.sort(key=lambda lease: lease.display_index)
         if len(held) >= count:
             return held, None
-        found = [_item_from_row(row[4:]) for row in rows if row[0] is None]
+        found = [_item_row(row[4:]) for row in rows if row[0] is None]
         return held, (kind, found[0] if found else None)
 
-    def claim_one(self, prefetched: Prefetched | None) -> Assignment | None:
+    def claim_one(self, prefetched: Prefetched | None) -> Lease | None:
         # Gold first when due (falling back to regular items); never a stream of gold items alone,
         # which would tell the annotator which items are the checks.
         for is_gold in (True, False) if self.gold_due() else (False,):
@@ -332,19 +385,19 @@ class _Claimer:
             for _ in range(MAX_CANDIDATES_PER_CLAIM):
                 if item is None:
                     break
-                assignment = self._insert_lease(item)
-                if assignment is not None:
+                lease = self._insert_lease(item)
+                if lease is not None:
                     self.items_served += 1
                     self.gold_served += int(is_gold)
-                    return assignment
-                skipped.append(item.pk)  # it filled up since the candidate query's snapshot
+                    return lease
+                skipped.append(item[0])  # it filled up since the candidate query's snapshot
                 item = self._lock_candidate(is_gold=is_gold, skipped=skipped)
         return None
 
     def _candidate_sql(
         self, *, is_gold: bool, skipped: Sequence[int], limit: str
     ) -> tuple[str, list[Any]]:
-        now = _db_datetime(self.now)
+        now = self.db.when(self.now)
         # Never an item this annotator answered, skipped or holds now; one whose lease expired
         # unanswered may come back to them like to anyone else.
         not_again = (
@@ -365,16 +418,16 @@ class _Claimer:
         sql = (
             f"SELECT {_ITEM_COLUMNS} FROM {_ITEM} i WHERE i.campaign_id = %s AND i.is_gold = %s AND {not_again}"
             f"{room}{stepped_over} ORDER BY {order} LIMIT {limit}"
-            + _for_update("i", skip_locked=True)
+            + self.db.lock("i", skip_locked=True)
         )
         return sql, [*params, *skipped]
 
-    def _lock_candidate(self, *, is_gold: bool, skipped: Sequence[int]) -> Item | None:
+    def _lock_candidate(self, *, is_gold: bool, skipped: Sequence[int]) -> list[Any] | None:
         sql, params = self._candidate_sql(is_gold=is_gold, skipped=skipped, limit="1")
         row = self.db.one(sql, params)
-        return None if row is None else _item_from_row(row)
+        return None if row is None else _item_row(row)
 
-    def _insert_lease(self, item: Item) -> Assignment | None:
+    def _insert_lease(self, item: list[Any]) -> Lease | None:
         """The lease, unless the item filled up since the candidate query's snapshot (this new
         statement sees every lease committed before it), with the membership's counters bumped.
 
@@ -390,14 +443,15 @@ class _Claimer:
             f" display_index = excluded.display_index, created_at = excluded.created_at, expires_at = excluded.expires_at"
             f" RETURNING id"
         )
-        now = _db_datetime(self.now)
+        now = self.db.when(self.now)
+        item_id, is_gold, wanted = item[0], item[_IS_GOLD], item[_JUDGMENTS_WANTED]
         insert_params = [
-            item.pk, self.annotator_id, ACTIVE, self.items_served, now, _db_datetime(expires_at),
-            item.is_gold, ACTIVE, now, item.pk, item.judgments_wanted or 0,
+            item_id, self.annotator_id, ACTIVE, self.items_served, now, self.db.when(expires_at),
+            is_gold, ACTIVE, now, item_id, wanted or 0,
         ]  # fmt: skip
         serve = f"UPDATE {_MEMBERSHIP} SET items_served = items_served + 1, gold_served = gold_served + %s WHERE id = %s"
-        serve_params = [int(item.is_gold), self.membership_id]
-        if connection.vendor == "postgresql":  # one round trip
+        serve_params = [int(is_gold), self.membership_id]
+        if self.db.postgres:  # one round trip
             row = self.db.one(
                 f"WITH lease AS ({insert}), served AS ({serve} AND EXISTS (SELECT 1 FROM lease)) SELECT id FROM lease",
                 [*insert_params, *serve_params],
@@ -408,32 +462,7 @@ class _Claimer:
                 self.db.run(serve, serve_params)
         if row is None:
             return None
-        return self._lease(
-            item,
-            lease_id=row[0],
-            display_index=self.items_served,
-            created_at=self.now,
-            expires_at=expires_at,
-        )
-
-    def _lease(
-        self, item: Item, *, lease_id: int, display_index: int, created_at: Any, expires_at: Any
-    ) -> Assignment:
-        assignment = Assignment.from_db(
-            connection.alias,
-            _ASSIGNMENT_FIELDS,
-            [
-                lease_id,
-                item.pk,
-                self.annotator_id,
-                ACTIVE,
-                display_index,
-                _py_datetime(created_at),
-                _py_datetime(expires_at),
-            ],
-        )
-        assignment.item = item
-        return assignment
+        return Lease(row[0], self.annotator_id, self.items_served, self.now, expires_at, item)
 
 
 _ASSIGNMENT_FIELDS = [f.attname for f in Assignment._meta.concrete_fields]
@@ -503,7 +532,7 @@ def _existing_for_key(
 ) -> Judgment | None:
     row = db.one(
         f"SELECT id, annotator_id, item_id FROM {_JUDGMENT} WHERE idempotency_key = %s",
-        (_db_uuid(key),),
+        (db.key(key),),
     )
     if row is None:
         return None
@@ -515,10 +544,6 @@ def _replay_or_refuse(row: Sequence[Any], annotator_id: int, item_id: int) -> Ju
     if owner_id != annotator_id or judged_item_id != item_id:
         raise Refused("This idempotency key was already used for another judgment.", status=409)
     return _stored_judgment(judgment_id, owner_id, judged_item_id)
-
-
-def _db_uuid(key: uuid.UUID) -> Any:
-    return Judgment._meta.get_field("idempotency_key").get_db_prep_value(key, connection)
 
 
 def _replayed(judgment: Judgment) -> SubmitResult:
@@ -620,8 +645,8 @@ def _submit_locked(
         f" JOIN {_MEMBERSHIP} m ON m.campaign_id = i.campaign_id AND m.annotator_id = %s"
         f" JOIN {_CAMPAIGN} c ON c.id = i.campaign_id"
         f" LEFT JOIN {_JUDGMENT} j ON j.idempotency_key = %s"
-        f" WHERE i.id = %s" + _for_update("i, a, m"),
-        (annotator_id, annotator_id, _db_uuid(idempotency_key), item_id),
+        f" WHERE i.id = %s" + db.lock("i, a, m"),
+        (annotator_id, annotator_id, db.key(idempotency_key), item_id),
     )
     if row is None:
         return _submit_refused(
@@ -708,7 +733,7 @@ def _submit_locked(
         raise Refused("You already judged this item.", status=409)
     judgment.pk = judgment_id
     judgment._state.adding = False
-    judgment._state.db = connection.alias
+    judgment._state.db = db.alias
     paused = gold is not None and gold[2] is not None
     return SubmitResult(
         judgment=judgment,
@@ -763,19 +788,19 @@ def _store(
         judgment.shown_left_face_id,
         judgment.display_index,
         judgment.time_on_screen_ms,
-        _db_uuid(judgment.idempotency_key),
+        db.key(judgment.idempotency_key),
         judgment.gold_correct,
-        _db_datetime(judgment.created_at),
+        db.when(judgment.created_at),
     ]
     count_it = f"UPDATE {_ITEM} SET judgment_count = judgment_count + 1 WHERE id = %s"
     close_lease = f"UPDATE {_ASSIGNMENT} SET status = %s WHERE id = %s"
     record_gold = f"UPDATE {_MEMBERSHIP} SET gold_judged = %s, gold_correct = %s, paused_at = %s, pause_reason = %s WHERE id = %s"
     gold_params = (
-        [gold[0], gold[1], _db_datetime(gold[2]) if gold[2] else None, gold[3], membership_id]
+        [gold[0], gold[1], db.when(gold[2]) if gold[2] else None, gold[3], membership_id]
         if gold
         else []
     )
-    if connection.vendor == "postgresql":  # one round trip
+    if db.postgres:  # one round trip
         stored = " AND EXISTS (SELECT 1 FROM ins)"
         sql = (
             f"WITH ins AS ({insert}), counted AS ({count_it}{stored}), closed AS ({close_lease}{stored})"

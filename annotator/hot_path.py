@@ -35,12 +35,32 @@ from annotator.serializers import (
     JudgmentCreateSerializer,
     NextItemsRequestSerializer,
     NextItemsSerializer,
-    item_for_annotator,
 )
 
 Body = dict[str, Any]
 MAX_TIME_ON_SCREEN_MS = 24 * 3600 * 1000
 _INTEGER = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")  # what DRF's IntegerField accepts from a string
+
+
+def lease_for_annotator(lease: engine.Lease, protocol: str) -> Body:
+    """``serializers.item_for_annotator`` for a lease the engine has not made a model instance
+    of: the same keys and values (a test holds the two together)."""
+    item_id = lease.item_id
+    return {
+        "item_id": item_id,
+        "assignment_id": lease.assignment_id,
+        "display_index": lease.display_index,
+        "protocol": protocol,
+        "expires_at": lease.expires_at.isoformat(),
+        "faces": [
+            {
+                **face,
+                "crop_url": f"/images/items/{item_id}/{face['position']}/crop.png",
+                "image_url": f"/images/items/{item_id}/{face['position']}/whole.png",
+            }
+            for face in lease.screen
+        ],
+    }
 
 
 def _json(body: Body, status: int = 200) -> HttpResponse:
@@ -266,7 +286,7 @@ def next_items(request: HttpRequest, id: int) -> HttpResponse:
         result = engine.claim(campaign_id=id, annotator_id=annotator_id, count=count)
     except engine.Refused as error:
         return _detail(error.message, error.status)
-    items = [item_for_annotator(a, result.protocol) for a in result.assignments]
+    items = [lease_for_annotator(lease, result.protocol) for lease in result.leases]
     return _json({"items": items, "paused": result.paused, "message": result.message})
 
 

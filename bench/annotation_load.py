@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -65,41 +66,40 @@ def _free_port() -> int:
 def setup_database(
     url: str, *, annotators: int, prompts: int, models: int, k: int
 ) -> tuple[int, list[dict[str, str]]]:
-    """Recreate the bench database and seed it; returns the campaign id and, per annotator, the
-    headers of token auth and of a browser session (cookie + CSRF header)."""
+    """A fresh bench database, cloned from a seeded template (made once per schema and size);
+    returns the campaign id and, per annotator, the headers of token auth and of a browser
+    session (cookie + CSRF header)."""
+    import hashlib
+
     import psycopg
 
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+    head, name = url.rsplit("/", 1)
+    migrations = sorted(str(p.relative_to(REPO)) for p in REPO.glob("*/migrations/0*.py"))
+    shape = json.dumps([SEED_VERSION, annotators, prompts, models, k, migrations])
+    template = f"{name}_seed_{hashlib.sha1(shape.encode()).hexdigest()[:10]}"
+    with psycopg.connect(f"{head}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template]).fetchone():
+            conn.execute(f'CREATE DATABASE "{template}"')
+            seed = [
+                sys.executable, __file__, "--seed-into", f"{head}/{template}", "--annotators", str(annotators),
+                "--prompts", str(prompts), "--models", str(models), "--k", str(k),
+            ]  # fmt: skip
+            if subprocess.run(seed, cwd=REPO).returncode != 0:
+                conn.execute(f'DROP DATABASE "{template}"')
+                raise SystemExit("seeding the bench database failed")
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    _django(url)
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.auth.models import Group, User
+    from django.contrib.auth.models import User
     from django.contrib.sessions.backends.db import SessionStore
-    from django.core.management import call_command
     from rest_framework.authtoken.models import Token
 
-    from annotator.campaigns import create_campaign
-    from tests.factories import make_dataset
+    from annotator.models import Campaign
 
-    call_command("migrate", verbosity=0)
-    group = Group.objects.get_or_create(name="annotator")[0]
     auth = []
-    users = []
-    for i in range(annotators):
-        # No password to hash: the bench logs in by token, or by a session made here as login() would.
-        user = User(username=f"bench{i}")
-        user.set_unusable_password()
-        user.save()
-        user.groups.add(group)
-        users.append(user)
+    for user in User.objects.filter(username__startswith="bench").order_by("id"):
         session = SessionStore()
         session[SESSION_KEY] = str(user.pk)
         session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
@@ -112,22 +112,52 @@ def setup_database(
                 f"{settings.CSRF_COOKIE_NAME}={CSRF_SECRET}\r\nX-CSRFToken: {CSRF_SECRET}\r\n",
             }
         )
+    return Campaign.objects.get(name="bench").pk, auth
+
+
+SEED_VERSION = 1  # bump when the seed below changes
+
+
+def _django(url: str) -> None:
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+
+
+def seed(url: str, *, annotators: int, prompts: int, models: int, k: int) -> None:
+    """Migrate an empty database and fill it: annotators, generations with one face each, an
+    earlier finished campaign over them, and the likert campaign the bench runs."""
+    _django(url)
+    from django.contrib.auth.models import Group, User
+    from django.core.management import call_command
+    from django.db import connection
+
+    from annotator.campaigns import create_campaign
+    from tests.factories import make_dataset
+
+    call_command("migrate", verbosity=0)
+    group = Group.objects.get_or_create(name="annotator")[0]
+    users = []
+    for i in range(annotators):
+        # No password to hash: the bench logs in by token, or by a session made as login() would.
+        user = User(username=f"bench{i}")
+        user.set_unusable_password()
+        user.save()
+        user.groups.add(group)
+        users.append(user)
     dataset = make_dataset(
         "bench",
         prompts=[f"prompt {i}" for i in range(prompts)],
         models=[f"dm{i}" for i in range(models)],
     )
     _seed_finished_campaign(dataset, users, k)
-    campaign = create_campaign(
+    create_campaign(
         name="bench", protocol="likert", datasets=[dataset], annotators=users, overlap_k=k
     )
-    from django.db import connection
-
     with connection.cursor() as cursor:
-        cursor.execute(
-            "ANALYZE"
-        )  # fresh tables: give the planner real row counts, as autovacuum would
-    return campaign.pk, auth
+        cursor.execute("ANALYZE")  # give the planner real row counts, as autovacuum would
 
 
 def _seed_finished_campaign(dataset: Any, users: list[Any], k: int) -> None:
@@ -293,31 +323,56 @@ class Annotator:
                 await asyncio.sleep(self.rng.expovariate(1 / think_s))
 
 
+@dataclass
+class Measured:
+    annotators: list[Annotator]
+    elapsed: float
+    load_cpu_s: float  # the load generator's own CPU
+    server_cpu_s: float
+    database_cpu_s: float
+
+
 async def drive(
-    port: int, campaign: int, auth: list[str], seconds: float, args: argparse.Namespace
-) -> list[Annotator]:
+    port: int,
+    campaign: int,
+    auth: list[str],
+    args: argparse.Namespace,
+    server: int,
+    database_url: str,
+) -> Measured:
+    """Warm up, then run the annotators on the same connections: every gunicorn worker that
+    serves the run has served requests before the clock starts (its first request loads the
+    URL configuration and with it the ML stack, seconds of CPU that would land in the run)."""
     annotators = [
         Annotator(Connection(port, a), campaign, i, args.retry_share) for i, a in enumerate(auth)
     ]
+    for _ in range(2):
+        await asyncio.gather(
+            *(a.conn.post(f"/api/campaigns/{campaign}/next/", {"count": 1}) for a in annotators)
+        )
+    workers = {p: _cpu_seconds(p) for p in _children(server)}
+    backends = {p: _cpu_seconds(p) for p in _backend_pids(database_url)}
     rate_each = args.rate / len(annotators) if args.rate else 0.0
-    deadline = time.perf_counter() + seconds
+    wall0, own0 = time.perf_counter(), time.process_time()
+    deadline = wall0 + args.seconds
     await asyncio.gather(
         *(a.run(deadline, think_s=args.think_ms / 1000, rate_each=rate_each) for a in annotators)
     )
+    elapsed, own = time.perf_counter() - wall0, time.process_time() - own0
     for a in annotators:
         a.conn.close()
-    return annotators
+    return Measured(
+        annotators,
+        elapsed,
+        own,
+        sum(_cpu_seconds(p) - workers.get(p, 0.0) for p in _children(server)),
+        sum(_cpu_seconds(p) - backends.get(p, 0.0) for p in _backend_pids(database_url)),
+    )
 
 
-async def warm_up(port: int, campaign: int, auth: list[str]) -> None:
-    """Every connection and every worker thread's database connection, before the clock starts."""
-    conns = [Connection(port, a) for a in auth]
-    for _ in range(2):
-        await asyncio.gather(
-            *(c.post(f"/api/campaigns/{campaign}/next/", {"count": 1}) for c in conns)
-        )
-    for c in conns:
-        c.close()
+async def _answers(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
 
 
 def check_integrity(campaign: int, acked: list[tuple[str, int]], k: int) -> list[str]:
@@ -389,15 +444,19 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _backend_pids(database: str) -> list[int]:
-    from django.db import connection
+def _backend_pids(url: str) -> list[int]:
+    """The PostgreSQL backends connected to the bench database (not this process's own)."""
+    import psycopg
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [database],
-        )
-        return [row[0] for row in cursor.fetchall()]
+    head, name = url.rsplit("/", 1)
+    with psycopg.connect(f"{head}/postgres", autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", [name]
+        ).fetchall()
+    from django.db import connections
+
+    own = {c.connection.info.backend_pid for c in connections.all() if c.connection is not None}
+    return [pid for (pid,) in rows if pid not in own]
 
 
 def _load() -> str:
@@ -415,6 +474,9 @@ def main() -> int:
         "--auth", default="token", choices=["token", "session"], help="API token or browser session"
     )
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--seed-into", help=argparse.SUPPRESS)
+    parser.add_argument("--prompts", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--models", type=int, default=4, help=argparse.SUPPRESS)
     parser.add_argument("--retry-share", type=float, default=0.05)
     parser.add_argument(
         "--rate",
@@ -430,6 +492,15 @@ def main() -> int:
     )
     args = parser.parse_args()
     logging.getLogger("django").setLevel(logging.ERROR)
+    if args.seed_into:
+        seed(
+            args.seed_into,
+            annotators=args.annotators,
+            prompts=args.prompts,
+            models=args.models,
+            k=args.k,
+        )
+        return 0
 
     base = os.getenv("DATABASE_URL", "")
     if not base.startswith(("postgres://", "postgresql://")):
@@ -438,37 +509,34 @@ def main() -> int:
         )
         return 2
     url = _bench_database_url(base)
-    expected = args.rate * args.seconds if args.rate else args.annotators * args.seconds * 20
-    models = 4
+    # Items for at least 600 judgments/s with room to spare, in steps of 4000 so that runs of
+    # similar length share one seeded template.
+    wanted = (args.rate or 600) * args.seconds * 1.5 / args.k
+    items = 4000 * max(2, math.ceil(wanted / 4000))
     campaign, auth = setup_database(
-        url,
-        annotators=args.annotators,
-        prompts=int(expected / args.k * 1.5 + 1000) // models,
-        models=models,
-        k=args.k,
+        url, annotators=args.annotators, prompts=items // 4, models=4, k=args.k
     )
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO)}
     env.pop("PYTEST_VERSION", None)
     command = [
         sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(args.workers),
-        "-k", args.worker_class, "--threads", str(args.threads), "--keep-alive", "75", "--log-level", "warning",
+        "-k", args.worker_class, "--log-level", "warning",
     ]  # fmt: skip
+    if args.worker_class == "gthread":  # (gunicorn turns sync with threads > 1 into gthread)
+        command += ["--threads", str(args.threads), "--keep-alive", "75"]
     gunicorn = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
     chosen = [a[args.auth] for a in auth]
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                asyncio.run(warm_up(port, campaign, chosen[:1]))
+                asyncio.run(_answers(port))
                 break
             except OSError:
                 if time.monotonic() > deadline or gunicorn.poll() is not None:
                     raise SystemExit("gunicorn did not start") from None
                 time.sleep(0.2)
-        asyncio.run(warm_up(port, campaign, chosen))
-        workers = _children(gunicorn.pid)
-        backends = _backend_pids(url.rsplit("/", 1)[1])
         pace = (
             f"offered {args.rate:.0f} judgments/s"
             if args.rate
@@ -483,23 +551,30 @@ def main() -> int:
             f"{args.annotators} annotators ({args.auth} auth), {pace}, {args.seconds:.0f} s, PostgreSQL, "
             f"{os.cpu_count()} CPUs; load average before: {_load()}"
         )
-        server0 = {p: _cpu_seconds(p) for p in workers}
-        pg0 = {p: _cpu_seconds(p) for p in backends}
-        wall0, own0 = time.perf_counter(), time.process_time()
-        annotators = asyncio.run(drive(port, campaign, chosen, args.seconds, args))
-        elapsed, own = time.perf_counter() - wall0, time.process_time() - own0
-        server = sum(_cpu_seconds(p) - server0.get(p, 0.0) for p in _children(gunicorn.pid))
-        pg = sum(_cpu_seconds(p) - pg0.get(p, 0.0) for p in _backend_pids(url.rsplit("/", 1)[1]))
+        run = asyncio.run(drive(port, campaign, chosen, args, gunicorn.pid, url))
         load_after = _load()
     finally:
         os.killpg(gunicorn.pid, signal.SIGTERM)
         gunicorn.wait()
+    annotators, elapsed, own, server, pg = (
+        run.annotators,
+        run.elapsed,
+        run.load_cpu_s,
+        run.server_cpu_s,
+        run.database_cpu_s,
+    )
     acked = [pair for a in annotators for pair in a.acked]
     errors = [e for a in annotators for e in a.errors]
     n = max(len(acked), 1)
     print(f"judgments/s: {len(acked) / elapsed:8.1f}   ({len(acked)} judgments in {elapsed:.1f} s)")
     print(f"next item:   {percentiles([v for a in annotators for v in a.next_ms])}")
     print(f"submit:      {percentiles([v for a in annotators for v in a.submit_ms])}")
+    medians = sorted(float(np.median(a.next_ms + a.submit_ms)) for a in annotators if a.next_ms)
+    if medians:
+        print(
+            f"per annotator, median latency: fastest {medians[0]:.1f} ms, middle {medians[len(medians) // 2]:.1f} ms, "
+            f"slowest {medians[-1]:.1f} ms"
+        )
     print(
         f"CPU per judgment: gunicorn {1000 * server / n:.2f} ms, PostgreSQL {1000 * pg / n:.2f} ms, "
         f"load generator {1000 * own / n:.2f} ms ({own / elapsed:.0%} of one core)"

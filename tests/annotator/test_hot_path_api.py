@@ -12,8 +12,11 @@ from django.contrib.auth.models import User
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from annotator.assignment import claim
 from annotator.campaigns import create_campaign
+from annotator.hot_path import lease_for_annotator
 from annotator.models import Assignment, Judgment
+from annotator.serializers import item_for_annotator
 from tests.factories import make_dataset
 from tests.users import make_user
 
@@ -82,6 +85,13 @@ def test_a_token_client_claims_and_submits_with_the_browser_shapes(annotator, ca
     # The held lease comes back first, then one new one.
     queue = _next(campaign, auth, count=2).json()["items"]
     assert queue[0]["item_id"] == body["items"][1]["item_id"] and queue[1]["display_index"] == 2
+
+
+def test_the_hot_path_item_shape_is_the_apis_item_shape(annotator, campaign):
+    result = claim(campaign_id=campaign.pk, annotator_id=annotator.pk, count=3)
+    assert len(result.leases) == 3
+    for lease, assignment in zip(result.leases, result.assignments, strict=True):
+        assert lease_for_annotator(lease, "likert") == item_for_annotator(assignment, "likert")
 
 
 @pytest.mark.parametrize(
