@@ -12,15 +12,23 @@ reads and requests never reach.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import path
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -88,11 +96,58 @@ def _csrf_failure(request: HttpRequest) -> str | None:
     return check.process_view(request, None, (), {})  # type: ignore[arg-type, return-value]
 
 
-_TOKEN_USER_SQL = (
-    "SELECT u.id, u.is_active, EXISTS (SELECT 1 FROM auth_user_groups ug JOIN auth_group g ON g.id = ug.group_id"
+_IS_ANNOTATOR = (
+    "EXISTS (SELECT 1 FROM auth_user_groups ug JOIN auth_group g ON g.id = ug.group_id"
     " WHERE ug.user_id = u.id AND g.name = %s)"
+)
+_TOKEN_USER_SQL = (
+    f"SELECT u.id, u.is_active, {_IS_ANNOTATOR}"
     " FROM authtoken_token t JOIN auth_user u ON u.id = t.user_id WHERE t.key = %s"
 )
+_SESSION_SQL = "SELECT session_data FROM django_session WHERE session_key = %s AND expire_date > %s"
+_SESSION_USER_SQL = (
+    f"SELECT u.password, u.is_active, {_IS_ANNOTATOR} FROM auth_user u WHERE u.id = %s"
+)
+_DB_SESSIONS = "django.contrib.sessions.backends.db"
+_MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
+def _plain_session_user(request: HttpRequest) -> tuple[int, bool] | None:
+    """(user id, is annotator) when the session cookie names a session that
+    ``django.contrib.auth.get_user`` would accept as it stands: database sessions, logged in
+    through ModelBackend, an active user, the session hash verified with the current secret.
+
+    Two prepared statements instead of the three ORM queries behind ``request.user`` and the
+    role check. Anything else (no cookie, an expired or tampered session, another backend, a hash
+    that only a fallback secret verifies) returns None and is left to Django's own code.
+    """
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if (
+        not key
+        or settings.SESSION_ENGINE != _DB_SESSIONS
+        or _MODEL_BACKEND not in settings.AUTHENTICATION_BACKENDS
+    ):
+        return None
+    with engine.statements() as db:
+        row = db.one(_SESSION_SQL, (key, db.when(timezone.now())))
+        if row is None:
+            return None
+        session = request.session.decode(row[0])  # the engine's own decoding: {} if tampered with
+        session_hash = session.get(HASH_SESSION_KEY)
+        if session.get(BACKEND_SESSION_KEY) != _MODEL_BACKEND or not session_hash:
+            return None
+        try:
+            user_id = User._meta.pk.to_python(session[SESSION_KEY])
+        except (KeyError, ValidationError):
+            return None
+        row = db.one(_SESSION_USER_SQL, (ANNOTATOR, user_id))
+    if row is None or not row[1]:
+        return None
+    if not constant_time_compare(
+        session_hash, User(pk=user_id, password=row[0]).get_session_auth_hash()
+    ):
+        return None
+    return user_id, bool(row[2])
 
 
 def _token_user(request: HttpRequest) -> tuple[int, bool] | HttpResponse | None:
@@ -119,18 +174,23 @@ def _token_user(request: HttpRequest) -> tuple[int, bool] | HttpResponse | None:
 
 
 def _annotator_id(request: HttpRequest, refusal: str) -> int | HttpResponse:
-    """The requesting annotator's id, or the 403 DRF would answer."""
-    user = request.user
-    if user.is_authenticated:  # a session; inactive users never get here (ModelBackend)
+    """The requesting annotator's id, or the 403 DRF would answer: the session first (CSRF
+    enforced), then the token."""
+    found = _plain_session_user(request)
+    if found is None and request.user.is_authenticated:  # inactive users never get here
+        found = request.user.pk, is_annotator(request.user)
+    if found is not None:
+        request.session_authenticated = True  # type: ignore[attr-defined]
         reason = _csrf_failure(request)
         if reason:
             return _detail(f"CSRF Failed: {reason}", 403)
-        return user.pk if is_annotator(user) else _detail(refusal, 403)
-    found = _token_user(request)
-    if found is None:
-        return _detail("Authentication credentials were not provided.", 403)
-    if isinstance(found, HttpResponse):
-        return found
+    else:
+        token = _token_user(request)
+        if token is None:
+            return _detail("Authentication credentials were not provided.", 403)
+        if isinstance(token, HttpResponse):
+            return token
+        found = token
     user_id, annotator = found
     return user_id if annotator else _detail(refusal, 403)
 
@@ -216,6 +276,20 @@ def _uuid(value: Any) -> uuid.UUID:
         raise _Invalid("Must be a valid UUID.") from None
 
 
+def _vary_on_session(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """``Vary: Cookie`` on answers that depended on the session, as SessionMiddleware adds when a
+    view reads ``request.session`` (the lean session check reads the row itself)."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        if getattr(request, "session_authenticated", False):
+            patch_vary_headers(response, ("Cookie",))
+        return response
+
+    return wrapped
+
+
 def _documented_by(
     schema_view: type[APIView],
 ) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
@@ -266,6 +340,7 @@ class _SubmitSchema(APIView):
 
 @_documented_by(_NextItemsSchema)
 @csrf_exempt
+@_vary_on_session
 def next_items(request: HttpRequest, id: int) -> HttpResponse:
     """POST ``{"count": n}``: the annotator's held leases, topped up with new ones, up to n."""
     if request.method != "POST":
@@ -295,6 +370,7 @@ _judgment_list = JudgmentViewSet.as_view({"get": "list"})
 
 @_documented_by(_SubmitSchema)
 @csrf_exempt
+@_vary_on_session
 def judgments(request: HttpRequest) -> HttpResponse:
     """POST stores a judgment (idempotent on its key); GET lists judgments (the DRF view)."""
     if request.method != "POST":

@@ -1,17 +1,21 @@
 """Load benchmark: N concurrent simulated annotators over HTTP against gunicorn + PostgreSQL.
 
 Steps:
-1. Create a fresh benchmark database (``<name>_bench`` next to ``DATABASE_URL``'s database),
-   migrate it, and seed annotators (with API tokens and logged-in sessions), generations, faces
-   and a likert campaign.
-2. Start gunicorn on a free local port against that database (the command is printed).
-3. Run N annotators concurrently, each on its own keep-alive HTTP connection, doing what the
-   browser does: ask for its queue (``next`` with count 4: the held leases plus one new), submit a
-   judgment with a fresh idempotency key, and now and then resend the same submit (a lost
-   acknowledgement). Without ``--rate`` or ``--think-ms`` they go as fast as the server answers
-   (saturation: latency is then queueing, N / throughput); with ``--rate R`` they start
-   judgments on a Poisson schedule of R judgments/s in all (an offered load), and latency is
-   measured from the moment each request is sent.
+1. Clone a fresh benchmark database (``<name>_bench`` next to ``DATABASE_URL``'s database) from a
+   seeded template, made once per schema and size: annotators, generations with one face each,
+   an earlier campaign over them that is finished (a deployment has history, and the planner's
+   choices depend on it), and the likert campaign the bench runs. Each run logs the annotators
+   in afresh: an API token and a browser session (cookie and CSRF token) each.
+2. Start gunicorn on a free local port against that database (the command is printed): by
+   default 6 sync workers.
+3. Run N annotators concurrently, each doing what the browser does: ask for its queue (``next``
+   with count 4: the held leases plus one new), submit a judgment with a fresh idempotency key,
+   and now and then resend the same submit (a lost acknowledgement). Connections are kept alive
+   where the server allows it (gthread; sync workers close them, as behind a proxy). Without
+   ``--rate`` or ``--think-ms`` they go as fast as the server answers (saturation: latency is
+   then queueing, N / (2 × throughput)); with ``--rate R`` they start judgments on a Poisson
+   schedule of R judgments/s in all (an offered load), and latency is measured from the moment
+   each request is sent.
 4. Print judgments/s, p50/p95/p99 latency of next and submit separately, and where the CPU went:
    the load generator itself, the gunicorn workers and the PostgreSQL backends, in CPU ms per
    judgment, with the machine's load average before and after.
@@ -23,6 +27,8 @@ The load generator is a small asyncio HTTP/1.1 client (no HTTP library in the lo
 own CPU, which shares the machine with the server, stays a small part of the total.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/facebench .venv/bin/python bench/annotation_load.py
+    ... bench/annotation_load.py --rate 300            # latency at an offered 300 judgments/s
+    ... bench/annotation_load.py --auth session        # the browser's way in
 """
 
 from __future__ import annotations
@@ -467,9 +473,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--workers", type=int, default=int(os.getenv("WEB_CONCURRENCY", "3")))
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--worker-class", default="gthread", choices=["gthread", "sync"])
+    # Sync workers, a few per core: each request holds a worker while it waits on PostgreSQL, and
+    # threads in one process would share one interpreter lock (gthread 3×4 measured p95 ~3× higher
+    # at the same offered load on this 2-core machine).
+    parser.add_argument("--workers", type=int, default=int(os.getenv("WEB_CONCURRENCY", "6")))
+    parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"])
+    parser.add_argument("--threads", type=int, default=4, help="per worker, gthread only")
     parser.add_argument(
         "--auth", default="token", choices=["token", "session"], help="API token or browser session"
     )

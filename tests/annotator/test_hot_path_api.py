@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 import yaml
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.test import Client
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from annotator.assignment import claim
@@ -162,6 +165,48 @@ def test_session_posts_need_the_csrf_token_and_token_posts_do_not(annotator, cam
     assert _post(browser, url, {"count": 1}, HTTP_X_CSRFTOKEN=token).status_code == 200
     api = Client(enforce_csrf_checks=True)
     assert _post(api, url, {"count": 1}, HTTP_AUTHORIZATION=_token(annotator)).status_code == 200
+
+
+def _logged_in(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_a_session_client_is_served_and_answers_vary_on_the_cookie(annotator, campaign):
+    response = _post(_logged_in(annotator), f"/api/campaigns/{campaign.pk}/next/", {"count": 1})
+    assert response.status_code == 200 and len(response.json()["items"]) == 1
+    assert "Cookie" in response["Vary"]
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        # A password change logs every other session out (the session hash no longer verifies).
+        lambda user, client: (user.set_password("a new one"), user.save()),
+        lambda user, client: User.objects.filter(pk=user.pk).update(is_active=False),
+        lambda user, client: Session.objects.update(
+            expire_date=timezone.now() - timedelta(seconds=1)
+        ),
+        lambda user, client: client.cookies["sessionid"].set("sessionid", "no-such-session", "x"),
+        lambda user, client: Session.objects.update(session_data="tampered:data"),
+    ],
+    ids=["password-changed", "inactive", "expired", "unknown-key", "tampered"],
+)
+def test_a_session_that_django_would_not_accept_is_refused(annotator, campaign, spoil):
+    client = _logged_in(annotator)
+    spoil(annotator, client)
+    response = _post(client, f"/api/campaigns/{campaign.pk}/next/", {"count": 1})
+    assert response.status_code == 403
+    assert response.json() == {"detail": "Authentication credentials were not provided."}
+    assert not Assignment.objects.exists()
+
+
+def test_a_researchers_session_is_not_served_items(researcher, campaign):
+    response = _post(_logged_in(researcher), f"/api/campaigns/{campaign.pk}/next/", {})
+    assert response.status_code == 403 and response.json() == {
+        "detail": "Only annotators are served items."
+    }
 
 
 def test_a_form_encoded_submit_is_read_like_json(annotator, campaign):
