@@ -212,18 +212,50 @@ def _seed_finished_campaign(dataset: Any, users: list[Any], k: int) -> None:
     Campaign.objects.filter(pk=earlier.pk).update(status=Campaign.Status.FINISHED)
 
 
+class _HttpClient(asyncio.Protocol):
+    """The client side of one connection, as a bare protocol (no stream objects): just enough
+    HTTP/1.1 for these JSON requests (Content-Length bodies, no chunking)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def expect(self) -> asyncio.Future[tuple[int, bytes, bool]]:
+        self.buffer = b""
+        self.waiter = asyncio.get_running_loop().create_future()
+        return self.waiter
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None or self.waiter.done():
+            return
+        lines = self.buffer[:end].decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        if len(self.buffer) >= end + 4 + length:
+            status = int(lines[0].split(" ", 2)[1])
+            close = headers.get("connection", "").lower() == "close"
+            self.waiter.set_result((status, self.buffer[end + 4 : end + 4 + length], close))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the server closed the connection"))
+
+
 class Connection:
-    """One keep-alive HTTP/1.1 connection, as a browser tab holds one: just enough HTTP for
-    these JSON requests (Content-Length bodies, no chunking)."""
+    """An annotator's connection: kept alive where the server allows it (gthread), as a browser
+    keeps one; opened anew per request where it does not (sync workers, as behind a proxy)."""
 
     def __init__(self, port: int, auth_headers: str) -> None:
         self.port = port
         self.auth_headers = auth_headers
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def _open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.client: _HttpClient | None = None
 
     async def post(self, path: str, body: dict) -> tuple[int, dict]:
         payload = json.dumps(body).encode()
@@ -232,36 +264,30 @@ class Connection:
             f"Content-Length: {len(payload)}\r\n{self.auth_headers}\r\n"
         ).encode() + payload
         for attempt in (1, 2):
-            if self.writer is None:
-                await self._open()
-            assert self.reader is not None and self.writer is not None
-            self.writer.write(request)
+            if self.client is None or self.client.transport is None:
+                loop = asyncio.get_running_loop()
+                _, self.client = await loop.create_connection(_HttpClient, "127.0.0.1", self.port)
+            assert self.client.transport is not None
+            answer = self.client.expect()
+            self.client.transport.write(request)
             try:
-                head = await self.reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
+                status, data, close = await answer
+            except ConnectionError:
                 # The server closed an idle keep-alive connection: reconnect and send again
                 # (both requests are safe to repeat: next returns held leases, submit has its key).
-                self.writer.close()
-                self.writer = None
+                self.close()
                 if attempt == 2:
                     raise
                 continue
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = {
-                k.lower(): v.strip()
-                for k, _, v in (line.partition(":") for line in lines[1:] if line)
-            }
-            data = await self.reader.readexactly(int(headers.get("content-length", "0")))
-            if headers.get("connection", "").lower() == "close":
-                self.writer.close()
-                self.writer = None
+            if close:
+                self.close()
             return status, json.loads(data) if data else {}
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.close()
+        self.client = None
 
 
 @dataclass
