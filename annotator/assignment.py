@@ -1,22 +1,26 @@
 """The assignment engine: claiming items, submitting, skipping and undoing judgments.
 
 Claiming and submitting are the annotation hot path (every screen does one of each), so they are
-written as a few hand-written SQL statements rather than ORM chains; the rules are the same on
-both databases, and only PostgreSQL's row-lock clauses differ.
+a few hand-written SQL statements rather than ORM chains, prepared once per connection on
+PostgreSQL (see ``Statements``); the rules are the same on both databases, and only PostgreSQL's
+row-lock clauses and its data-modifying CTEs (one statement where SQLite takes two to four)
+differ.
 
 Claiming the next items for an annotator, in one transaction:
 1. Lock the annotator's ``Membership`` row (with the campaign's settings): one annotator's claims
    never interleave, and a paused annotator gets nothing.
-2. Return the leases they already hold (a reload shows the same queue), then top up to ``count``:
-3. Decide gold or regular: a gold item is due while gold served < gold share × items served.
-4. Pick a candidate the annotator has not answered, skipped or still holds, with room left
-   (judgments + live leases < k), nearest completion first, and lock it with
-   ``FOR UPDATE SKIP LOCKED`` so concurrent claimers take different rows.
+2. In the next statement (whose snapshot sees everything committed before the lock was granted),
+   read the leases they already hold (a reload shows the same queue) and, if those are fewer
+   than ``count``, lock the first candidate:
+3. gold or regular: a gold item is due while gold served < gold share × items served;
+4. an item the annotator has not answered, skipped or still holds, with room left (judgments +
+   live leases < k), nearest completion first, locked with ``FOR UPDATE SKIP LOCKED`` so
+   concurrent claimers take different rows.
 5. Create (or renew, if their own lease of it expired unanswered) the ``Assignment`` in a new
-   statement that recounts the item's live leases: a new statement sees every lease committed
-   before it, and a lease is only ever created while its item row is locked, so the recount is
-   exact. If the item filled up meanwhile, step over it and lock the next candidate.
-6. Bump the membership's served counters once for everything claimed.
+   statement that recounts the item's live leases, bumping the membership's served counters with
+   it: a new statement sees every lease committed before it, and a lease is only ever created
+   while its item row is locked, so the recount is exact. If the item filled up meanwhile, step
+   over it and lock the next candidate; repeat until ``count`` leases are held.
 
 Submitting, in one transaction: one statement locks the item, the lease and the membership (in
 that order, like undo) and reads the campaign and any judgment already stored under the

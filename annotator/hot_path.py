@@ -4,10 +4,11 @@ They answer the same URLs, JSON shapes, statuses and messages as the rest of the
 and API clients cannot tell), but as plain Django views: DRF's request wrapping, content
 negotiation, serializers and permission classes cost several times the engine's own work on
 these two endpoints. Authentication is DRF's, done by hand in the same order: the session first
-(with CSRF enforced, as SessionAuthentication does), then ``Authorization: Token <key>``, whose
-user and annotator role come back from one query. The OpenAPI schema still describes both
-endpoints: each view carries a schema-only DRF class (``_documented_by``) that drf-spectacular
-reads and requests never reach.
+(with CSRF enforced, as SessionAuthentication does), then ``Authorization: Token <key>``. Each
+costs one or two prepared statements that also return the annotator role; a session that is
+anything but plain (see ``_plain_session_user``) goes through Django's ``request.user``. The
+OpenAPI schema still describes both endpoints: each view carries a schema-only DRF class
+(``_documented_by``) that drf-spectacular reads and requests never reach.
 """
 
 from __future__ import annotations

@@ -345,14 +345,18 @@ class Annotator:
         while time.perf_counter() < deadline:
             if rate_each:
                 due += self.rng.expovariate(rate_each)
+                if due >= deadline:
+                    return
                 wait = due - time.perf_counter()
                 if wait > 0:
                     await asyncio.sleep(wait)
             if not await self.judge_one():
                 return
             if think_s:
-                # A person looks at the next face before answering: exponential, mean think_s.
-                await asyncio.sleep(self.rng.expovariate(1 / think_s))
+                # A person looks at the next face before answering: exponential, mean think_s
+                # (cut at the deadline, so the run's length is the length asked for).
+                pause = min(self.rng.expovariate(1 / think_s), deadline - time.perf_counter())
+                await asyncio.sleep(max(0.0, pause))
 
 
 @dataclass
