@@ -26,7 +26,10 @@ Submitting, in one transaction: one statement locks the item, the lease and the 
 that order, like undo) and reads the campaign and any judgment already stored under the
 idempotency key; the rules are checked in Python on that row; one more statement stores the
 judgment (``ON CONFLICT DO NOTHING``) and, only if it was stored, bumps ``Item.judgment_count``
-(which a CHECK constraint keeps ``<= k``), closes the lease and records a gold answer.
+(which a CHECK constraint keeps ``<= k``), closes the lease and records a gold answer. On
+PostgreSQL the common case (a regular item, everything in order) is first tried as a single
+statement that locks, checks and stores at once (``_submit_at_once``); when it stores nothing,
+the transaction above decides why.
 
 On SQLite ``FOR UPDATE`` does not exist, but every transaction begins IMMEDIATE (see settings),
 so all of this runs one writer at a time and stays correct.
@@ -315,8 +318,14 @@ def claim(
     return ClaimResult(leases=held, message=message, protocol=protocol)
 
 
+# The lease status as a literal, not a parameter: PostgreSQL can then use the partial index on
+# active leases (``assignment_held_leases``) in the generic plan of a prepared statement, which it
+# cannot prove a parameter matches (the claim statement was otherwise planned afresh every time).
+_ACTIVE = f"'{ACTIVE.value}'"
+assert ACTIVE.value.isidentifier()
+
 # Live leases of item ``i``; expired leases simply stop counting.
-_LIVE_LEASES = f"(SELECT COUNT(*) FROM {_ASSIGNMENT} l WHERE l.item_id = i.id AND l.status = %s AND l.expires_at > %s)"
+_LIVE_LEASES = f"(SELECT COUNT(*) FROM {_ASSIGNMENT} l WHERE l.item_id = i.id AND l.status = {_ACTIVE} AND l.expires_at > %s)"
 
 # (kind, item row) of a candidate locked ahead: the row is None when there was none of that kind.
 Prefetched = tuple[bool, list[Any] | None]
@@ -353,10 +362,10 @@ class _Claimer:
         rows = self.db.all(
             f"WITH held AS (SELECT a.id, a.display_index, a.created_at, a.expires_at, {_ITEM_COLUMNS}"
             f" FROM {_ASSIGNMENT} a JOIN {_ITEM} i ON i.id = a.item_id"
-            f" WHERE a.annotator_id = %s AND i.campaign_id = %s AND a.status = %s AND a.expires_at > %s"
+            f" WHERE a.annotator_id = %s AND i.campaign_id = %s AND a.status = {_ACTIVE} AND a.expires_at > %s"
             f" ORDER BY a.display_index LIMIT %s), candidate AS ({candidate})"
             f" SELECT * FROM held UNION ALL SELECT NULL, NULL, NULL, NULL, * FROM candidate",
-            [self.annotator_id, self.campaign_id, ACTIVE, now, count, *candidate_params, count],
+            [self.annotator_id, self.campaign_id, now, count, *candidate_params, count],
         )
         held = [
             Lease(
@@ -406,9 +415,9 @@ class _Claimer:
         # unanswered may come back to them like to anyone else.
         not_again = (
             f"NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.item_id = i.id AND a.annotator_id = %s"
-            f" AND (a.status <> %s OR a.expires_at > %s))"
+            f" AND (a.status <> {_ACTIVE} OR a.expires_at > %s))"
         )
-        params: list[Any] = [self.campaign_id, is_gold, self.annotator_id, ACTIVE, now]
+        params: list[Any] = [self.campaign_id, is_gold, self.annotator_id, now]
         if is_gold:
             # Gold items have no k: every annotator may see each once; least-seen first.
             room, order = "", "i.judgment_count, i.id"
@@ -417,7 +426,7 @@ class _Claimer:
             # top of the claim-order index: the first bound lets the scan start below them.
             room = f" AND i.judgment_count < %s AND i.judgment_count + {_LIVE_LEASES} < i.judgments_wanted"
             order = "i.judgment_count DESC, i.id"  # nearest completion first
-            params += [self.overlap_k, ACTIVE, now]
+            params += [self.overlap_k, now]
         stepped_over = f" AND i.id NOT IN ({', '.join(['%s'] * len(skipped))})" if skipped else ""
         sql = (
             f"SELECT {_ITEM_COLUMNS} FROM {_ITEM} i WHERE i.campaign_id = %s AND i.is_gold = %s AND {not_again}"
@@ -451,7 +460,7 @@ class _Claimer:
         item_id, is_gold, wanted = item[0], item[_IS_GOLD], item[_JUDGMENTS_WANTED]
         insert_params = [
             item_id, self.annotator_id, ACTIVE, self.items_served, now, self.db.when(expires_at),
-            is_gold, ACTIVE, now, item_id, wanted or 0,
+            is_gold, now, item_id, wanted or 0,
         ]  # fmt: skip
         serve = f"UPDATE {_MEMBERSHIP} SET items_served = items_served + 1, gold_served = gold_served + %s WHERE id = %s"
         serve_params = [int(is_gold), self.membership_id]
@@ -607,6 +616,17 @@ def submit(
     """``submit_judgment`` by ids, for callers (the hot-path views) that have no model instances."""
     now = now or timezone.now()
     answer = _answer_fields(rating=rating, choice=choice, flag=flag)
+    shown_ms = max(0, int(time_on_screen_ms))
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        stored = _submit_at_once(
+            annotator_id=annotator_id,
+            item_id=item_id,
+            idempotency_key=idempotency_key,
+            answer=answer,
+            time_on_screen_ms=shown_ms,
+        )
+        if stored is not None:
+            return stored
     try:
         with transaction.atomic(), statements() as db:
             return _submit_locked(
@@ -615,7 +635,7 @@ def submit(
                 item_id=item_id,
                 idempotency_key=idempotency_key,
                 answer=answer,
-                time_on_screen_ms=max(0, int(time_on_screen_ms)),
+                time_on_screen_ms=shown_ms,
                 now=now,
             )
     except IntegrityError:
@@ -625,6 +645,84 @@ def submit(
         if existing is None:
             raise
         return _replayed(existing)
+
+
+_JUDGMENT_COLUMNS = (
+    "item_id, annotator_id, assignment_id, rating, choice, flag, shown_left_face_id, display_index,"
+    " time_on_screen_ms, idempotency_key, gold_correct, created_at"
+)
+
+
+# Which campaigns an answer fits without a look at the campaign: a flag fits any.
+_PROTOCOL_OF_ANSWER = {"rating": Campaign.Protocol.LIKERT, "choice": Campaign.Protocol.PAIRWISE}
+
+_SUBMIT_AT_ONCE = (
+    f"WITH target AS (SELECT i.id AS item_id, a.id AS assignment_id, a.display_index, i.left_face_id"
+    f" FROM {_ITEM} i"
+    f" JOIN {_ASSIGNMENT} a ON a.item_id = i.id AND a.annotator_id = %s"
+    f" JOIN {_MEMBERSHIP} m ON m.campaign_id = i.campaign_id AND m.annotator_id = %s"
+    f" JOIN {_CAMPAIGN} c ON c.id = i.campaign_id"
+    f" WHERE i.id = %s AND NOT i.is_gold AND a.status = {_ACTIVE} AND m.paused_at IS NULL"
+    f" AND c.status = '{Campaign.Status.ACTIVE.value}' AND (%s::text IS NULL OR c.protocol = %s::text)"
+    f" AND (i.judgments_wanted IS NULL OR i.judgment_count < i.judgments_wanted)"
+    f" FOR UPDATE OF i, a, m),"
+    f" ins AS (INSERT INTO {_JUDGMENT} ({_JUDGMENT_COLUMNS})"
+    f" SELECT item_id, %s, assignment_id, %s, %s, %s, left_face_id, display_index, %s, %s, NULL, %s FROM target"
+    f" ON CONFLICT DO NOTHING RETURNING id, assignment_id, display_index, shown_left_face_id),"
+    f" counted AS (UPDATE {_ITEM} SET judgment_count = judgment_count + 1"
+    f" WHERE id = %s AND EXISTS (SELECT 1 FROM ins)),"
+    f" closed AS (UPDATE {_ASSIGNMENT} SET status = '{SUBMITTED.value}' WHERE id = (SELECT assignment_id FROM ins))"
+    f" SELECT * FROM ins"
+)
+
+
+def _submit_at_once(
+    *,
+    annotator_id: int,
+    item_id: int,
+    idempotency_key: uuid.UUID,
+    answer: dict[str, Any],
+    time_on_screen_ms: int,
+) -> SubmitResult | None:
+    """The common submit on PostgreSQL, in one statement and so one round trip (autocommit: no
+    BEGIN, no COMMIT): a regular item, its lease active, the annotator not paused, the campaign
+    active and taking this kind of answer, room left on the item, the key new. It locks the rows
+    ``_submit_locked`` locks, with the same clause; a row another transaction changed first is
+    re-read after the wait (READ COMMITTED re-checks the conditions on its newest version).
+    Anything else stores nothing and returns None, and ``_submit_locked`` decides: a retried key,
+    a gold item, a refusal with its reason."""
+    protocol = next(
+        (_PROTOCOL_OF_ANSWER[k] for k in ("rating", "choice") if answer[k] not in (None, "")), None
+    )
+    created_at = timezone.now()
+    with statements() as db:
+        row = db.one(
+            _SUBMIT_AT_ONCE,
+            [
+                annotator_id, annotator_id, item_id, protocol, protocol,
+                annotator_id, answer["rating"], answer["choice"], answer["flag"],
+                time_on_screen_ms, db.key(idempotency_key), created_at,
+                item_id,
+            ],
+        )  # fmt: skip
+    if row is None:
+        return None
+    judgment_id, assignment_id, display_index, left_face_id = row
+    judgment = Judgment(
+        pk=judgment_id,
+        item_id=item_id,
+        annotator_id=annotator_id,
+        assignment_id=assignment_id,
+        shown_left_face_id=left_face_id,
+        display_index=display_index,
+        time_on_screen_ms=time_on_screen_ms,
+        idempotency_key=idempotency_key,
+        created_at=created_at,
+        **answer,
+    )
+    judgment._state.adding = False
+    judgment._state.db = db.alias
+    return SubmitResult(judgment=judgment, created=True)
 
 
 def _submit_locked(
@@ -761,12 +859,6 @@ def _gold_record(
         )
         return judged, correct, now, reason
     return judged, correct, None, ""
-
-
-_JUDGMENT_COLUMNS = (
-    "item_id, annotator_id, assignment_id, rating, choice, flag, shown_left_face_id, display_index,"
-    " time_on_screen_ms, idempotency_key, gold_correct, created_at"
-)
 
 
 def _store(
