@@ -174,6 +174,28 @@ def _token_user(request: HttpRequest) -> tuple[int, bool] | HttpResponse | None:
     return user_id, bool(annotator)
 
 
+# The annotator an API token names, as the engine's first statement runs it (see
+# ``engine.AnnotatorQuery``): an active user in the annotator group, or no row.
+_TOKEN_ANNOTATOR_SQL = (
+    f"SELECT u.id FROM authtoken_token t JOIN auth_user u ON u.id = t.user_id"
+    f" WHERE t.key = %s AND u.is_active AND {_IS_ANNOTATOR}"
+)
+
+
+def _annotator(request: HttpRequest, refusal: str) -> int | engine.AnnotatorQuery | HttpResponse:
+    """Who is asking, as cheaply as it can be known: a session is checked here (with CSRF); a
+    well-formed token is handed to the engine unchecked, whose first statement checks it. A
+    token the engine finds nothing for is checked again by ``_annotator_id``, for the reason."""
+    header = request.META.get("HTTP_AUTHORIZATION", "").split()
+    if (
+        len(header) == 2
+        and header[0].lower() == "token"
+        and settings.SESSION_COOKIE_NAME not in request.COOKIES
+    ):
+        return engine.AnnotatorQuery(_TOKEN_ANNOTATOR_SQL, (header[1], ANNOTATOR))
+    return _annotator_id(request, refusal)
+
+
 def _annotator_id(request: HttpRequest, refusal: str) -> int | HttpResponse:
     """The requesting annotator's id, or the 403 DRF would answer: the session first (CSRF
     enforced), then the token."""
@@ -194,6 +216,21 @@ def _annotator_id(request: HttpRequest, refusal: str) -> int | HttpResponse:
         found = token
     user_id, annotator = found
     return user_id if annotator else _detail(refusal, 403)
+
+
+def _unless_unidentified(
+    request: HttpRequest,
+    annotator: int | engine.AnnotatorQuery,
+    refusal: str,
+    response: HttpResponse,
+) -> HttpResponse:
+    """A refusal of the request's body, unless the credentials are refused first (as DRF
+    authenticates before it parses): a token not checked yet is checked now."""
+    if isinstance(annotator, engine.AnnotatorQuery):
+        checked = _annotator_id(request, refusal)
+        if isinstance(checked, HttpResponse):
+            return checked
+    return response
 
 
 def _body(request: HttpRequest) -> Body | QueryDict | HttpResponse:
@@ -346,20 +383,27 @@ def next_items(request: HttpRequest, id: int) -> HttpResponse:
     """POST ``{"count": n}``: the annotator's held leases, topped up with new ones, up to n."""
     if request.method != "POST":
         return _detail(f'Method "{request.method}" not allowed.', 405)
-    annotator_id = _annotator_id(request, "Only annotators are served items.")
-    if isinstance(annotator_id, HttpResponse):
-        return annotator_id
+    refusal = "Only annotators are served items."
+    annotator = _annotator(request, refusal)
+    if isinstance(annotator, HttpResponse):
+        return annotator
     data = _body(request)
     if isinstance(data, HttpResponse):
-        return data
+        return _unless_unidentified(request, annotator, refusal, data)
     errors: dict[str, list[str]] = {}
     count = _field(
         data, "count", errors, lambda v: _integer(v, low=1, high=engine.MAX_CLAIM_COUNT), default=1
     )
     if errors:
-        return _json(errors, 400)
+        return _unless_unidentified(request, annotator, refusal, _json(errors, 400))
     try:
-        result = engine.claim(campaign_id=id, annotator_id=annotator_id, count=count)
+        try:
+            result = engine.claim(campaign_id=id, annotator_id=annotator, count=count)
+        except engine.Unidentified:
+            annotator = _annotator_id(request, refusal)
+            if isinstance(annotator, HttpResponse):
+                return annotator
+            result = engine.claim(campaign_id=id, annotator_id=annotator, count=count)
     except engine.Refused as error:
         return _detail(error.message, error.status)
     items = [lease_for_annotator(lease, result.protocol) for lease in result.leases]
@@ -376,12 +420,13 @@ def judgments(request: HttpRequest) -> HttpResponse:
     """POST stores a judgment (idempotent on its key); GET lists judgments (the DRF view)."""
     if request.method != "POST":
         return _judgment_list(request)
-    annotator_id = _annotator_id(request, "Only annotators submit judgments.")
-    if isinstance(annotator_id, HttpResponse):
-        return annotator_id
+    refusal = "Only annotators submit judgments."
+    annotator = _annotator(request, refusal)
+    if isinstance(annotator, HttpResponse):
+        return annotator
     data = _body(request)
     if isinstance(data, HttpResponse):
-        return data
+        return _unless_unidentified(request, annotator, refusal, data)
     errors: dict[str, list[str]] = {}
     key = _field(data, "idempotency_key", errors, _uuid)
     item_id = _field(data, "item", errors, _integer)
@@ -398,17 +443,23 @@ def judgments(request: HttpRequest) -> HttpResponse:
         default=0,
     )
     if errors:
-        return _json(errors, 400)
+        return _unless_unidentified(request, annotator, refusal, _json(errors, 400))
+    answer = {
+        "item_id": item_id,
+        "idempotency_key": key,
+        "rating": rating,
+        "choice": choice or "",
+        "flag": flag or "",
+        "time_on_screen_ms": shown_ms,
+    }
     try:
-        result = engine.submit(
-            annotator_id=annotator_id,
-            item_id=item_id,
-            idempotency_key=key,
-            rating=rating,
-            choice=choice or "",
-            flag=flag or "",
-            time_on_screen_ms=shown_ms,
-        )
+        try:
+            result = engine.submit(annotator_id=annotator, **answer)
+        except engine.Unidentified:
+            annotator = _annotator_id(request, refusal)
+            if isinstance(annotator, HttpResponse):
+                return annotator
+            result = engine.submit(annotator_id=annotator, **answer)
     except engine.Refused as error:
         return _detail(error.message, error.status)
     ack = {
