@@ -648,7 +648,7 @@ def submit(
     now = now or timezone.now()
     answer = _answer_fields(rating=rating, choice=choice, flag=flag)
     shown_ms = max(0, int(time_on_screen_ms))
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+    if connection.vendor == "postgresql":
         stored = _submit_at_once(
             annotator_id=annotator_id,
             item_id=item_id,
@@ -726,9 +726,12 @@ def _submit_at_once(
     re-read after the wait (READ COMMITTED re-checks the conditions on its newest version).
     Anything else stores nothing and returns None, and ``_submit_locked`` decides: a retried key,
     a gold item, a refusal with its reason."""
-    protocol = next(
-        (_PROTOCOL_OF_ANSWER[k] for k in ("rating", "choice") if answer[k] not in (None, "")), None
-    )
+    rating, choice = answer["rating"], answer["choice"]
+    if (rating is not None and not 1 <= rating <= 5) or (
+        choice and choice not in Judgment.Choice.values
+    ):
+        return None  # no campaign takes it: ``_submit_locked`` says so
+    protocol = next((_PROTOCOL_OF_ANSWER[k] for k in ("rating", "choice") if answer[k]), None)
     created_at = timezone.now()
     who, who_params = _who(annotator_id)
     with statements() as db:
