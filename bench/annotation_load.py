@@ -7,7 +7,7 @@ Steps:
    choices depend on it), and the likert campaign the bench runs. Each run logs the annotators
    in afresh: an API token and a browser session (cookie and CSRF token) each.
 2. Start gunicorn on a free local port against that database (the command is printed): by
-   default 6 sync workers.
+   default 4 sync workers.
 3. Run N annotators concurrently, each doing what the browser does: ask for its queue (``next``
    with count 4: the held leases plus one new), submit a judgment with a fresh idempotency key,
    and now and then resend the same submit (a lost acknowledgement). Connections are kept alive
@@ -523,10 +523,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20)
-    # Sync workers, a few per core: each request holds a worker while it waits on PostgreSQL, and
-    # threads in one process would share one interpreter lock (gthread 3×4 measured p95 ~3× higher
-    # at the same offered load on this 2-core machine).
-    parser.add_argument("--workers", type=int, default=int(os.getenv("WEB_CONCURRENCY", "6")))
+    # Sync workers, two per core: a request holds its worker while it waits on PostgreSQL (now
+    # two to six round trips), and threads in one process would share one interpreter lock (gthread
+    # 3×4 measured p95 ~3× higher at the same offered load on this 2-core machine). More workers
+    # only add context switches: at an offered 300/s, 4 workers spent 3.3-3.4 ms of CPU per
+    # judgment and 6 workers 3.7-3.8, 8 workers 3.9.
+    parser.add_argument("--workers", type=int, default=int(os.getenv("WEB_CONCURRENCY", "4")))
     parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"])
     parser.add_argument("--threads", type=int, default=4, help="per worker, gthread only")
     parser.add_argument(
