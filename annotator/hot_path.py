@@ -4,8 +4,9 @@ They answer the same URLs, JSON shapes, statuses and messages as the rest of the
 and API clients cannot tell), but as plain Django views: DRF's request wrapping, content
 negotiation, serializers and permission classes cost several times the engine's own work on
 these two endpoints. Authentication is DRF's, done by hand in the same order: the session first
-(with CSRF enforced, as SessionAuthentication does), then ``Authorization: Token <key>``. Each
-costs one or two prepared statements that also return the annotator role; a session that is
+(with CSRF enforced, as SessionAuthentication does), then ``Authorization: Token <key>``. A
+session costs one prepared statement that also returns the annotator role; a token none of its
+own (the engine's first statement checks it, see ``_annotator``); a session that is
 anything but plain (see ``_plain_session_user``) goes through Django's ``request.user``. The
 OpenAPI schema still describes both endpoints: each view carries a schema-only DRF class
 (``_documented_by``) that drf-spectacular reads and requests never reach.
@@ -109,6 +110,18 @@ _SESSION_SQL = "SELECT session_data FROM django_session WHERE session_key = %s A
 _SESSION_USER_SQL = (
     f"SELECT u.password, u.is_active, {_IS_ANNOTATOR} FROM auth_user u WHERE u.id = %s"
 )
+# With the user's id known, the session row and the user row come back in one statement.
+_SESSION_AND_USER_SQL = (
+    f"SELECT s.session_data, u.password, u.is_active, {_IS_ANNOTATOR}"
+    " FROM django_session s LEFT JOIN auth_user u ON u.id = %s"
+    " WHERE s.session_key = %s AND s.expire_date > %s"
+)
+# The user id each session key was last verified to carry, in this process. A key never passes
+# to another user (Django gives the session a new key when someone else logs in on it), so the
+# id only says which user row to read beside the session row: everything the rows say is checked
+# again on every request, and a session whose data names another user reads that user's row.
+_SESSION_USERS: dict[str, int] = {}
+_SESSION_USERS_MAX = 10_000
 _DB_SESSIONS = "django.contrib.sessions.backends.db"
 _MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
@@ -118,8 +131,8 @@ def _plain_session_user(request: HttpRequest) -> tuple[int, bool] | None:
     ``django.contrib.auth.get_user`` would accept as it stands: database sessions, logged in
     through ModelBackend, an active user, the session hash verified with the current secret.
 
-    Two prepared statements instead of the three ORM queries behind ``request.user`` and the
-    role check. Anything else (no cookie, an expired or tampered session, another backend, a hash
+    One prepared statement (two for a session this process has not seen) instead of the three
+    ORM queries behind ``request.user`` and the role check. Anything else (no cookie, an expired or tampered session, another backend, a hash
     that only a fallback secret verifies) returns None and is left to Django's own code.
     """
     key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
@@ -129,8 +142,13 @@ def _plain_session_user(request: HttpRequest) -> tuple[int, bool] | None:
         or _MODEL_BACKEND not in settings.AUTHENTICATION_BACKENDS
     ):
         return None
+    known = _SESSION_USERS.get(key)
     with engine.statements() as db:
-        row = db.one(_SESSION_SQL, (key, db.when(timezone.now())))
+        now = db.when(timezone.now())
+        if known is None:
+            row = db.one(_SESSION_SQL, (key, now))
+        else:
+            row = db.one(_SESSION_AND_USER_SQL, (ANNOTATOR, known, key, now))
         if row is None:
             return None
         session = request.session.decode(row[0])  # the engine's own decoding: {} if tampered with
@@ -141,14 +159,17 @@ def _plain_session_user(request: HttpRequest) -> tuple[int, bool] | None:
             user_id = User._meta.pk.to_python(session[SESSION_KEY])
         except (KeyError, ValidationError):
             return None
-        row = db.one(_SESSION_USER_SQL, (ANNOTATOR, user_id))
-    if row is None or not row[1]:
+        user = row[1:] if user_id == known else db.one(_SESSION_USER_SQL, (ANNOTATOR, user_id))
+    if user is None or not user[1]:
         return None
     if not constant_time_compare(
-        session_hash, User(pk=user_id, password=row[0]).get_session_auth_hash()
+        session_hash, User(pk=user_id, password=user[0]).get_session_auth_hash()
     ):
         return None
-    return user_id, bool(row[2])
+    if len(_SESSION_USERS) >= _SESSION_USERS_MAX:
+        _SESSION_USERS.clear()
+    _SESSION_USERS[key] = user_id
+    return user_id, bool(user[2])
 
 
 def _token_user(request: HttpRequest) -> tuple[int, bool] | HttpResponse | None:

@@ -195,11 +195,32 @@ def test_a_session_client_is_served_and_answers_vary_on_the_cookie(annotator, ca
 )
 def test_a_session_that_django_would_not_accept_is_refused(annotator, campaign, spoil):
     client = _logged_in(annotator)
+    # A request first, so this process has seen the session: the check must not lean on that.
+    assert _post(client, "/api/judgments/", {}).status_code == 400
     spoil(annotator, client)
     response = _post(client, f"/api/campaigns/{campaign.pk}/next/", {"count": 1})
     assert response.status_code == 403
     assert response.json() == {"detail": "Authentication credentials were not provided."}
     assert not Assignment.objects.exists()
+
+
+def test_a_session_seen_before_follows_its_row_not_what_the_process_remembers(
+    annotator, annotator2, campaign
+):
+    client = _logged_in(annotator)
+    url = f"/api/campaigns/{campaign.pk}/next/"
+    assert _post(client, url, {"count": 1}).status_code == 200
+    # The row now names another user (as only a hand edit could): that user's row decides.
+    other = _logged_in(annotator2)
+    Session.objects.filter(session_key=client.cookies["sessionid"].value).update(
+        session_data=Session.objects.get(session_key=other.cookies["sessionid"].value).session_data
+    )
+    response = _post(client, url, {"count": 1})
+    assert response.status_code == 404  # annotator2 is not in this campaign
+    again = _logged_in(annotator)
+    assert _post(again, url, {"count": 1}).status_code == 200
+    annotator.groups.clear()  # a role taken away counts at once
+    assert _post(again, url, {}).json() == {"detail": "Only annotators are served items."}
 
 
 def test_a_researchers_session_is_not_served_items(researcher, campaign):
