@@ -19,7 +19,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
@@ -48,6 +48,7 @@ from annotator.serializers import (
 )
 
 Body = dict[str, Any]
+Result = TypeVar("Result")
 MAX_TIME_ON_SCREEN_MS = 24 * 3600 * 1000
 _INTEGER = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")  # what DRF's IntegerField accepts from a string
 
@@ -132,8 +133,9 @@ def _plain_session_user(request: HttpRequest) -> tuple[int, bool] | None:
     through ModelBackend, an active user, the session hash verified with the current secret.
 
     One prepared statement (two for a session this process has not seen) instead of the three
-    ORM queries behind ``request.user`` and the role check. Anything else (no cookie, an expired or tampered session, another backend, a hash
-    that only a fallback secret verifies) returns None and is left to Django's own code.
+    ORM queries behind ``request.user`` and the role check. Anything else (no cookie, an expired
+    or tampered session, another backend, a hash that only a fallback secret verifies) returns
+    None and is left to Django's own code.
     """
     key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
     if (
@@ -237,6 +239,21 @@ def _annotator_id(request: HttpRequest, refusal: str) -> int | HttpResponse:
         found = token
     user_id, annotator = found
     return user_id if annotator else _detail(refusal, 403)
+
+
+def _as_annotator(
+    request: HttpRequest,
+    annotator: int | engine.AnnotatorQuery,
+    refusal: str,
+    call: Callable[[int | engine.AnnotatorQuery], Result],
+) -> Result | HttpResponse:
+    """``call`` the engine as the annotator; if a token handed to it names nobody, the reason
+    (DRF's 403), or the call again with the annotator found the slow way."""
+    try:
+        return call(annotator)
+    except engine.Unidentified:
+        checked = _annotator_id(request, refusal)
+        return checked if isinstance(checked, HttpResponse) else call(checked)
 
 
 def _unless_unidentified(
@@ -418,15 +435,16 @@ def next_items(request: HttpRequest, id: int) -> HttpResponse:
     if errors:
         return _unless_unidentified(request, annotator, refusal, _json(errors, 400))
     try:
-        try:
-            result = engine.claim(campaign_id=id, annotator_id=annotator, count=count)
-        except engine.Unidentified:
-            annotator = _annotator_id(request, refusal)
-            if isinstance(annotator, HttpResponse):
-                return annotator
-            result = engine.claim(campaign_id=id, annotator_id=annotator, count=count)
+        result = _as_annotator(
+            request,
+            annotator,
+            refusal,
+            lambda who: engine.claim(campaign_id=id, annotator_id=who, count=count),
+        )
     except engine.Refused as error:
         return _detail(error.message, error.status)
+    if isinstance(result, HttpResponse):
+        return result
     items = [lease_for_annotator(lease, result.protocol) for lease in result.leases]
     return _json({"items": items, "paused": result.paused, "message": result.message})
 
@@ -465,24 +483,25 @@ def judgments(request: HttpRequest) -> HttpResponse:
     )
     if errors:
         return _unless_unidentified(request, annotator, refusal, _json(errors, 400))
-    answer = {
-        "item_id": item_id,
-        "idempotency_key": key,
-        "rating": rating,
-        "choice": choice or "",
-        "flag": flag or "",
-        "time_on_screen_ms": shown_ms,
-    }
     try:
-        try:
-            result = engine.submit(annotator_id=annotator, **answer)
-        except engine.Unidentified:
-            annotator = _annotator_id(request, refusal)
-            if isinstance(annotator, HttpResponse):
-                return annotator
-            result = engine.submit(annotator_id=annotator, **answer)
+        result = _as_annotator(
+            request,
+            annotator,
+            refusal,
+            lambda who: engine.submit(
+                annotator_id=who,
+                item_id=item_id,
+                idempotency_key=key,
+                rating=rating,
+                choice=choice or "",
+                flag=flag or "",
+                time_on_screen_ms=shown_ms,
+            ),
+        )
     except engine.Refused as error:
         return _detail(error.message, error.status)
+    if isinstance(result, HttpResponse):
+        return result
     ack = {
         "judgment_id": result.judgment.pk,
         "item": result.judgment.item_id,
