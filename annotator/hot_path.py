@@ -122,6 +122,10 @@ _SESSION_AND_USER_SQL = (
 # id only says which user row to read beside the session row: everything the rows say is checked
 # again on every request, and a session whose data names another user reads that user's row.
 _SESSION_USERS: dict[str, int] = {}
+# (session data, password hash) pairs verified in this process, with the user id they name:
+# decoding signed session data and hashing the password cost more than the statement, and the
+# same two strings always give the same verdict (activity and role are read fresh each time).
+_VERIFIED: dict[tuple[str, str], int] = {}
 _SESSION_USERS_MAX = 10_000
 _DB_SESSIONS = "django.contrib.sessions.backends.db"
 _MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -153,25 +157,45 @@ def _plain_session_user(request: HttpRequest) -> tuple[int, bool] | None:
             row = db.one(_SESSION_AND_USER_SQL, (ANNOTATOR, known, key, now))
         if row is None:
             return None
-        session = request.session.decode(row[0])  # the engine's own decoding: {} if tampered with
-        session_hash = session.get(HASH_SESSION_KEY)
-        if session.get(BACKEND_SESSION_KEY) != _MODEL_BACKEND or not session_hash:
-            return None
-        try:
-            user_id = User._meta.pk.to_python(session[SESSION_KEY])
-        except (KeyError, ValidationError):
-            return None
-        user = row[1:] if user_id == known else db.one(_SESSION_USER_SQL, (ANNOTATOR, user_id))
-    if user is None or not user[1]:
+        if known is not None and _VERIFIED.get((row[0], row[1])) == known:
+            # This session data verified against this password hash before: it would again.
+            user_id, user = known, row[1:]
+        else:
+            verified = _verify_session(request, db, row, known)
+            if verified is None:
+                return None
+            user_id, user = verified
+    if not user[1]:  # inactive
+        return None
+    if len(_SESSION_USERS) >= _SESSION_USERS_MAX:
+        _SESSION_USERS.clear()
+        _VERIFIED.clear()
+    _SESSION_USERS[key] = user_id
+    _VERIFIED[(row[0], user[0])] = user_id
+    return user_id, bool(user[2])
+
+
+def _verify_session(
+    request: HttpRequest, db: engine.Statements, row: tuple[Any, ...], known: int | None
+) -> tuple[int, tuple[Any, ...]] | None:
+    """(user id, user row) when the session data decodes and its hash matches the user's
+    password hash, as ``django.contrib.auth.get_user`` checks them."""
+    session = request.session.decode(row[0])  # the engine's own decoding: {} if tampered with
+    session_hash = session.get(HASH_SESSION_KEY)
+    if session.get(BACKEND_SESSION_KEY) != _MODEL_BACKEND or not session_hash:
+        return None
+    try:
+        user_id = User._meta.pk.to_python(session[SESSION_KEY])
+    except (KeyError, ValidationError):
+        return None
+    user = row[1:] if user_id == known else db.one(_SESSION_USER_SQL, (ANNOTATOR, user_id))
+    if user is None or user[0] is None:
         return None
     if not constant_time_compare(
         session_hash, User(pk=user_id, password=user[0]).get_session_auth_hash()
     ):
         return None
-    if len(_SESSION_USERS) >= _SESSION_USERS_MAX:
-        _SESSION_USERS.clear()
-    _SESSION_USERS[key] = user_id
-    return user_id, bool(user[2])
+    return user_id, user
 
 
 def _token_user(request: HttpRequest) -> tuple[int, bool] | HttpResponse | None:
