@@ -21,16 +21,7 @@ class DatasetAdmin(admin.ModelAdmin):
 
 @admin.register(Generation)
 class GenerationAdmin(admin.ModelAdmin):
-    list_display = (
-        "id",
-        "dataset",
-        "model_name",
-        "model_version",
-        "seed",
-        "width",
-        "height",
-        "faces_detected_at",
-    )
+    list_display = ("id", "dataset", "model_name", "model_version", "seed", "width", "height", "faces_detected_at")
     list_filter = ("dataset", "model_name", "source")
     search_fields = ("prompt", "sha256", "original_filename")
 
@@ -57,31 +48,13 @@ class CampaignAdmin(admin.ModelAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
-    list_display = (
-        "id",
-        "campaign",
-        "annotator",
-        "pseudonym",
-        "items_served",
-        "gold_judged",
-        "gold_correct",
-        "paused_at",
-    )
+    list_display = ("id", "campaign", "annotator", "pseudonym", "items_served", "gold_judged", "gold_correct", "paused_at")
     list_filter = ("campaign",)
 
 
 @admin.register(Item)
 class ItemAdmin(admin.ModelAdmin):
-    list_display = (
-        "id",
-        "campaign",
-        "face",
-        "left_face",
-        "right_face",
-        "is_gold",
-        "judgment_count",
-        "judgments_wanted",
-    )
+    list_display = ("id", "campaign", "face", "left_face", "right_face", "is_gold", "judgment_count", "judgments_wanted")
     list_filter = ("campaign", "is_gold")
     raw_id_fields = ("face", "left_face", "right_face")
 
@@ -95,15 +68,6 @@ class AssignmentAdmin(admin.ModelAdmin):
 
 @admin.register(Judgment)
 class JudgmentAdmin(admin.ModelAdmin):
-    list_display = (
-        "id",
-        "item",
-        "annotator",
-        "rating",
-        "choice",
-        "flag",
-        "time_on_screen_ms",
-        "created_at",
-    )
+    list_display = ("id", "item", "annotator", "rating", "choice", "flag", "time_on_screen_ms", "created_at")
     list_filter = ("item__campaign",)
     raw_id_fields = ("item", "annotator", "assignment", "shown_left_face")

@@ -71,9 +71,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
         )
 
     def get_serializer_class(self) -> type:
-        return (
-            CampaignSerializer if is_researcher(self.request.user) else AnnotatorCampaignSerializer
-        )
+        return CampaignSerializer if is_researcher(self.request.user) else AnnotatorCampaignSerializer
 
     def get_permissions(self) -> list[permissions.BasePermission]:
         if self.action in ("list", "retrieve", "skip", "undo"):
@@ -107,9 +105,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
         body = ItemRefSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            engine.skip_item(
-                campaign=campaign, annotator=_user(request), item_id=body.validated_data["item"]
-            )
+            engine.skip_item(campaign=campaign, annotator=_user(request), item_id=body.validated_data["item"])
         except engine.Refused as error:
             return _refused(error)
         return Response({"ok": True})
@@ -133,24 +129,10 @@ class CampaignViewSet(viewsets.ModelViewSet):
         rows.is_valid(raise_exception=True)
         answers: dict[Any, str] = {}
         for row in rows.validated_data:
-            target = (
-                row.get("face")
-                if campaign.protocol == Campaign.Protocol.LIKERT
-                else (row.get("left_face"), row.get("right_face"))
-            )
-            if (
-                target is None
-                or target == (None, None)
-                or (isinstance(target, tuple) and None in target)
-            ):
-                field = (
-                    "face"
-                    if campaign.protocol == Campaign.Protocol.LIKERT
-                    else "left_face and right_face"
-                )
-                raise ValidationError(
-                    f"Each gold item of a {campaign.protocol} campaign needs {field}."
-                )
+            target = row.get("face") if campaign.protocol == Campaign.Protocol.LIKERT else (row.get("left_face"), row.get("right_face"))
+            if target is None or target == (None, None) or (isinstance(target, tuple) and None in target):
+                field = "face" if campaign.protocol == Campaign.Protocol.LIKERT else "left_face and right_face"
+                raise ValidationError(f"Each gold item of a {campaign.protocol} campaign needs {field}.")
             answers[target] = row["answer"]
         try:
             items = campaign_services.add_gold_items(campaign=campaign, answers=answers)
@@ -169,10 +151,7 @@ class CampaignViewSet(viewsets.ModelViewSet):
 
     @extend_schema(
         parameters=[OpenApiParameter("export_format", str, enum=["csv", "jsonl"], default="csv")],
-        responses={
-            (200, "text/csv"): OpenApiTypes.STR,
-            (200, "application/x-ndjson"): OpenApiTypes.STR,
-        },
+        responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR},
     )
     @action(detail=True, methods=["get"], url_path="export")
     def export(self, request: Request, pk: int) -> StreamingHttpResponse:
@@ -201,16 +180,13 @@ class JudgmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return judgments
 
     def get_serializer_class(self) -> type:
-        return (
-            ResearcherJudgmentSerializer if is_researcher(self.request.user) else JudgmentSerializer
-        )
+        return ResearcherJudgmentSerializer if is_researcher(self.request.user) else JudgmentSerializer
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = dict(super().get_serializer_context())
         if is_researcher(self.request.user):
             context["pseudonyms"] = {
-                (m.annotator_id): m.pseudonym
-                for m in Membership.objects.only("annotator_id", "pseudonym")
+                (m.annotator_id): m.pseudonym for m in Membership.objects.only("annotator_id", "pseudonym")
             }
         return context
 
@@ -222,9 +198,7 @@ class GenerationViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> QuerySet[Generation]:
         generations = Generation.objects.order_by("id")
         dataset = self.request.query_params.get("dataset")
-        return (
-            generations.filter(dataset_id=dataset) if dataset and dataset.isdigit() else generations
-        )
+        return generations.filter(dataset_id=dataset) if dataset and dataset.isdigit() else generations
 
 
 class FaceViewSet(viewsets.ReadOnlyModelViewSet):
@@ -234,9 +208,7 @@ class FaceViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> QuerySet[Face]:
         faces = Face.objects.order_by("id")
         generation = self.request.query_params.get("generation")
-        return (
-            faces.filter(generation_id=generation) if generation and generation.isdigit() else faces
-        )
+        return faces.filter(generation_id=generation) if generation and generation.isdigit() else faces
 
 
 router = DefaultRouter()

@@ -24,18 +24,12 @@ ITEM_BATCH = 1000
 
 def pseudonym(campaign_id: int, user_id: int) -> str:
     """A stable per-campaign alias: exports never carry usernames, and aliases don't link campaigns."""
-    digest = hmac.new(
-        settings.SECRET_KEY.encode(), f"{campaign_id}:{user_id}".encode(), hashlib.sha256
-    )
+    digest = hmac.new(settings.SECRET_KEY.encode(), f"{campaign_id}:{user_id}".encode(), hashlib.sha256)
     return "A-" + digest.hexdigest()[:10]
 
 
-def faces_of(
-    datasets: Iterable[Dataset], *, min_face_px: float = 0, min_confidence: float = 0
-) -> QuerySet[Face]:
-    faces = Face.objects.filter(
-        generation__dataset__in=list(datasets), confidence__gte=min_confidence
-    )
+def faces_of(datasets: Iterable[Dataset], *, min_face_px: float = 0, min_confidence: float = 0) -> QuerySet[Face]:
+    faces = Face.objects.filter(generation__dataset__in=list(datasets), confidence__gte=min_confidence)
     faces = faces.select_related("generation")
     if min_face_px:
         faces = faces.filter(x1__gte=F("x0") + min_face_px, y1__gte=F("y0") + min_face_px)
@@ -67,9 +61,7 @@ def pairwise_face_pairs(
     for prompt in sorted(by_prompt):
         group = sorted(by_prompt[prompt], key=lambda f: f.generation_id)
         cross_model = [
-            (a, b)
-            for a, b in itertools.combinations(group, 2)
-            if a.generation.dm_label != b.generation.dm_label
+            (a, b) for a, b in itertools.combinations(group, 2) if a.generation.dm_label != b.generation.dm_label
         ]
         if max_pairs_per_prompt is not None and len(cross_model) > max_pairs_per_prompt:
             cross_model = rng.sample(cross_model, max_pairs_per_prompt)
@@ -97,10 +89,7 @@ def create_campaign(
     pause_min_gold, lease_seconds, instructions, blind.
     """
     if protocol not in Campaign.Protocol.values:
-        raise Refused(
-            f"Unknown protocol {protocol!r}; use one of {', '.join(Campaign.Protocol.values)}.",
-            status=400,
-        )
+        raise Refused(f"Unknown protocol {protocol!r}; use one of {', '.join(Campaign.Protocol.values)}.", status=400)
     datasets = list(datasets)
     campaign = Campaign(name=name, protocol=protocol, created_by=created_by, **settings_)
     campaign.full_clean(exclude=["datasets", "annotators"])
@@ -109,9 +98,7 @@ def create_campaign(
     faces = faces_of(datasets, min_face_px=min_face_px, min_confidence=min_confidence)
     k = campaign.overlap_k
     if protocol == Campaign.Protocol.LIKERT:
-        items = (
-            Item.for_faces(campaign, face=face, judgments_wanted=k) for face in faces.iterator()
-        )
+        items = (Item.for_faces(campaign, face=face, judgments_wanted=k) for face in faces.iterator())
     else:
         pairs = pairwise_face_pairs(faces, seed=seed, max_pairs_per_prompt=max_pairs_per_prompt)
         items = (Item.for_faces(campaign, pair=pair, judgments_wanted=k) for pair in pairs)
@@ -126,15 +113,9 @@ def add_annotators(*, campaign: Campaign, users: Iterable[User]) -> int:
     users = list(users)
     not_annotators = [u.get_username() for u in users if not is_annotator(u)]
     if not_annotators:
-        raise Refused(
-            f"Not annotators: {', '.join(not_annotators)}. Add them to the annotator group first.",
-            status=400,
-        )
+        raise Refused(f"Not annotators: {', '.join(not_annotators)}. Add them to the annotator group first.", status=400)
     created = Membership.objects.bulk_create(
-        [
-            Membership(campaign=campaign, annotator=u, pseudonym=pseudonym(campaign.pk, u.pk))
-            for u in users
-        ],
+        [Membership(campaign=campaign, annotator=u, pseudonym=pseudonym(campaign.pk, u.pk)) for u in users],
         ignore_conflicts=True,
     )
     return len(created)
@@ -146,10 +127,7 @@ def _check_gold_answer(protocol: str, answer: str) -> str:
         if answer not in {"1", "2", "3", "4", "5"}:
             raise Refused(f"A likert gold answer is a rating 1–5, not {answer!r}.", status=400)
     elif answer not in Judgment.Choice.values:
-        raise Refused(
-            f"A pairwise gold answer is one of {', '.join(Judgment.Choice.values)}, not {answer!r}.",
-            status=400,
-        )
+        raise Refused(f"A pairwise gold answer is one of {', '.join(Judgment.Choice.values)}, not {answer!r}.", status=400)
     return answer
 
 
@@ -165,9 +143,7 @@ def add_gold_items(*, campaign: Campaign, answers: Mapping[Any, str]) -> list[It
         if campaign.protocol == Campaign.Protocol.LIKERT:
             items.append(Item.for_faces(campaign, face=target, is_gold=True, gold_answer=answer))
         else:
-            items.append(
-                Item.for_faces(campaign, pair=tuple(target), is_gold=True, gold_answer=answer)
-            )
+            items.append(Item.for_faces(campaign, pair=tuple(target), is_gold=True, gold_answer=answer))
     return Item.objects.bulk_create(items)
 
 

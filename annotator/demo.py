@@ -69,9 +69,7 @@ def warp(image: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Gener
     h, w = image.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     strength = float(rng.uniform(10, 14)) * (x1 - x0) / 100
-    weight = cv2.GaussianBlur(
-        _face_mask(image.shape, box).astype(np.float32) / 255, (0, 0), (x1 - x0) / 8
-    )
+    weight = cv2.GaussianBlur(_face_mask(image.shape, box).astype(np.float32) / 255, (0, 0), (x1 - x0) / 8)
     phase = rng.uniform(0, 2 * np.pi, 2)
     dx = strength * np.sin(yy / (y1 - y0) * 3 * np.pi + phase[0]) * weight
     dy = strength * np.cos(xx / (x1 - x0) * 3 * np.pi + phase[1]) * weight
@@ -79,18 +77,14 @@ def warp(image: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Gener
     return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def inpaint(
-    image: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Generator
-) -> np.ndarray:
+def inpaint(image: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Generator) -> np.ndarray:
     """Fill the inner face (eyes, nose, mouth) from its surroundings: a face with no features."""
     x0, y0, x1, y1 = box
     inner = (x0 + (x1 - x0) // 5, y0 + (y1 - y0) // 4, x1 - (x1 - x0) // 5, y1 - (y1 - y0) // 8)
     return cv2.inpaint(image, _face_mask(image.shape, inner), 5, cv2.INPAINT_TELEA)
 
 
-DEGRADATIONS: dict[
-    str, Callable[[np.ndarray, tuple[int, int, int, int], np.random.Generator], np.ndarray]
-] = {
+DEGRADATIONS: dict[str, Callable[[np.ndarray, tuple[int, int, int, int], np.random.Generator], np.ndarray]] = {
     "demo-jpeg": jpeg,
     "demo-blur": blur,
     "demo-warp": warp,
@@ -110,10 +104,7 @@ def shifted_crop(image: np.ndarray, seed: int) -> np.ndarray:
 
 
 def write_demo_folder(
-    folder: Path,
-    face_box: Callable[[np.ndarray], tuple[int, int, int, int] | None],
-    *,
-    seeds: int = 2,
+    folder: Path, face_box: Callable[[np.ndarray], tuple[int, int, int, int] | None], *, seeds: int = 2
 ) -> Path:
     """Images plus ``manifest.jsonl`` in ``folder``; ``face_box`` finds the face to degrade."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,21 +116,10 @@ def write_demo_folder(
             variants = {ORIGINAL_DM: photo}
             if box is not None:
                 rng = np.random.default_rng(seed)
-                variants.update(
-                    {dm: degrade(photo, box, rng) for dm, degrade in DEGRADATIONS.items()}
-                )
+                variants.update({dm: degrade(photo, box, rng) for dm, degrade in DEGRADATIONS.items()})
             for dm, pixels in variants.items():
                 file = f"{name}-{seed}-{dm}.png"
                 Image.fromarray(pixels).save(folder / file)
-                rows.append(
-                    {
-                        "file": file,
-                        "prompt": prompt,
-                        "model": dm,
-                        "model_version": "1",
-                        "seed": seed,
-                        "source_photo": name,
-                    }
-                )
+                rows.append({"file": file, "prompt": prompt, "model": dm, "model_version": "1", "seed": seed, "source_photo": name})
     (folder / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder

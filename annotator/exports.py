@@ -44,9 +44,7 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def judgment_rows(campaign: Campaign) -> Iterator[dict[str, Any]]:
-    pseudonyms = dict(
-        Membership.objects.filter(campaign=campaign).values_list("annotator_id", "pseudonym")
-    )
+    pseudonyms = dict(Membership.objects.filter(campaign=campaign).values_list("annotator_id", "pseudonym"))
     judgments = (
         Judgment.objects.filter(item__campaign=campaign)
         .select_related(
@@ -112,11 +110,7 @@ FORMATS = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 
 def judgment_export_response(campaign: Campaign, fmt: str) -> StreamingHttpResponse:
     """A streamed download of the campaign's judgments; ``fmt`` must be a key of ``FORMATS``."""
-    lines = (
-        csv_lines(judgment_rows(campaign)) if fmt == "csv" else jsonl_lines(judgment_rows(campaign))
-    )
+    lines = csv_lines(judgment_rows(campaign)) if fmt == "csv" else jsonl_lines(judgment_rows(campaign))
     response = StreamingHttpResponse(lines, content_type=FORMATS[fmt])
-    response["Content-Disposition"] = (
-        f'attachment; filename="campaign-{campaign.pk}-judgments.{fmt}"'
-    )
+    response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-judgments.{fmt}"'
     return response

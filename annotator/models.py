@@ -46,9 +46,7 @@ class Generation(models.Model):
         DEMO = "demo"
 
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="generations")
-    image = models.ImageField(
-        upload_to=generation_upload_to, width_field="width", height_field="height"
-    )
+    image = models.ImageField(upload_to=generation_upload_to, width_field="width", height_field="height")
     sha256 = models.CharField(max_length=64)
     width = models.PositiveIntegerField(default=0)
     height = models.PositiveIntegerField(default=0)
@@ -67,9 +65,7 @@ class Generation(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["dataset", "sha256"], name="generation_unique_image_per_dataset"
-            )
+            models.UniqueConstraint(fields=["dataset", "sha256"], name="generation_unique_image_per_dataset")
         ]
         indexes = [models.Index(fields=["dataset", "prompt"])]
 
@@ -88,19 +84,14 @@ class Face(models.Model):
     y0 = models.FloatField()
     x1 = models.FloatField()
     y1 = models.FloatField()
-    landmarks = models.JSONField(
-        null=True, blank=True
-    )  # 5 (x, y) points when the detector gives them
+    landmarks = models.JSONField(null=True, blank=True)  # 5 (x, y) points when the detector gives them
     detector = models.CharField(max_length=100)
     confidence = models.FloatField()
 
     class Meta:
         ordering = ["generation_id", "id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(x1__gt=models.F("x0")) & Q(y1__gt=models.F("y0")),
-                name="face_box_not_empty",
-            )
+            models.CheckConstraint(condition=Q(x1__gt=models.F("x0")) & Q(y1__gt=models.F("y0")), name="face_box_not_empty")
         ]
 
     def __str__(self) -> str:
@@ -143,12 +134,9 @@ class Campaign(models.Model):
     protocol = models.CharField(max_length=16, choices=Protocol.choices)
     instructions = models.TextField(blank=True, default="")
     overlap_k = models.PositiveSmallIntegerField(default=3, help_text="Judgments wanted per item.")
-    gold_share = models.FloatField(
-        default=0.0, help_text="Share of served items that are gold items (0–1)."
-    )
+    gold_share = models.FloatField(default=0.0, help_text="Share of served items that are gold items (0–1).")
     gold_tolerance = models.PositiveSmallIntegerField(
-        default=1,
-        help_text="Likert: a gold answer within this many points of the expected one counts as correct.",
+        default=1, help_text="Likert: a gold answer within this many points of the expected one counts as correct."
     )
     pause_threshold = models.FloatField(
         default=0.6, help_text="Pause an annotator whose gold accuracy falls under this share."
@@ -157,33 +145,19 @@ class Campaign(models.Model):
         default=4, help_text="Gold judgments needed before an annotator can be paused."
     )
     lease_seconds = models.PositiveIntegerField(default=600)
-    blind = models.BooleanField(
-        default=True, help_text="Annotators never see model names or metrics."
-    )
+    blind = models.BooleanField(default=True, help_text="Annotators never see model names or metrics.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     datasets = models.ManyToManyField(Dataset, related_name="campaigns", blank=True)
-    annotators: models.ManyToManyField = models.ManyToManyField(
-        User, through="Membership", related_name="campaigns"
-    )
-    created_by = models.ForeignKey(
-        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    annotators: models.ManyToManyField = models.ManyToManyField(User, through="Membership", related_name="campaigns")
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(gold_share__gte=0) & Q(gold_share__lte=1),
-                name="campaign_gold_share_0_1",
-            ),
-            models.CheckConstraint(
-                condition=Q(overlap_k__gte=1), name="campaign_overlap_k_positive"
-            ),
-            models.CheckConstraint(
-                condition=Q(pause_threshold__gte=0) & Q(pause_threshold__lte=1),
-                name="campaign_pause_threshold_0_1",
-            ),
+            models.CheckConstraint(condition=Q(gold_share__gte=0) & Q(gold_share__lte=1), name="campaign_gold_share_0_1"),
+            models.CheckConstraint(condition=Q(overlap_k__gte=1), name="campaign_overlap_k_positive"),
+            models.CheckConstraint(condition=Q(pause_threshold__gte=0) & Q(pause_threshold__lte=1), name="campaign_pause_threshold_0_1"),
         ]
 
     def __str__(self) -> str:
@@ -217,10 +191,7 @@ class Membership(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["campaign", "annotator"], name="membership_unique"),
-            models.CheckConstraint(
-                condition=Q(gold_correct__lte=models.F("gold_judged")),
-                name="membership_gold_correct_le_judged",
-            ),
+            models.CheckConstraint(condition=Q(gold_correct__lte=models.F("gold_judged")), name="membership_gold_correct_le_judged"),
         ]
 
     def __str__(self) -> str:
@@ -239,15 +210,9 @@ class Item(models.Model):
     """What one screen shows: a face (likert) or two faces in a stored left/right order (pairwise)."""
 
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="items")
-    face = models.ForeignKey(
-        Face, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
-    )
-    left_face = models.ForeignKey(
-        Face, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
-    )
-    right_face = models.ForeignKey(
-        Face, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
-    )
+    face = models.ForeignKey(Face, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    left_face = models.ForeignKey(Face, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    right_face = models.ForeignKey(Face, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     is_gold = models.BooleanField(default=False)
     # Likert: the expected rating 1–5. Pairwise: the expected Judgment.Choice.
     gold_answer = models.CharField(max_length=16, blank=True, default="")
@@ -265,27 +230,18 @@ class Item(models.Model):
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(judgments_wanted__isnull=True)
-                | Q(judgment_count__lte=models.F("judgments_wanted")),
+                condition=Q(judgments_wanted__isnull=True) | Q(judgment_count__lte=models.F("judgments_wanted")),
                 name="item_at_most_k_judgments",
             ),
             models.CheckConstraint(
-                condition=(
-                    Q(face__isnull=False) & Q(left_face__isnull=True) & Q(right_face__isnull=True)
-                )
+                condition=(Q(face__isnull=False) & Q(left_face__isnull=True) & Q(right_face__isnull=True))
                 | (Q(face__isnull=True) & Q(left_face__isnull=False) & Q(right_face__isnull=False)),
                 name="item_is_one_face_or_a_pair",
             ),
-            models.CheckConstraint(
-                condition=Q(is_gold=False) | ~Q(gold_answer=""), name="item_gold_has_answer"
-            ),
+            models.CheckConstraint(condition=Q(is_gold=False) | ~Q(gold_answer=""), name="item_gold_has_answer"),
         ]
         # The claim walks a campaign's items in this order and stops at the first free one.
-        indexes = [
-            models.Index(
-                fields=["campaign", "is_gold", "-judgment_count", "id"], name="item_claim_order"
-            )
-        ]
+        indexes = [models.Index(fields=["campaign", "is_gold", "-judgment_count", "id"], name="item_claim_order")]
 
     def __str__(self) -> str:
         return f"item {self.pk} of campaign {self.campaign_id}"
@@ -311,24 +267,11 @@ class Item(models.Model):
         ]
 
     @classmethod
-    def for_faces(
-        cls,
-        campaign: Campaign,
-        *,
-        face: Face | None = None,
-        pair: tuple[Face, Face] | None = None,
-        **fields: Any,
-    ) -> Item:
+    def for_faces(cls, campaign: Campaign, *, face: Face | None = None, pair: tuple[Face, Face] | None = None, **fields: Any) -> Item:
         """An unsaved item showing one face (likert) or a (left, right) pair, with its screen."""
         if pair is not None:
             left, right = pair
-            return cls(
-                campaign=campaign,
-                left_face=left,
-                right_face=right,
-                screen=cls.screen_of({"left": left, "right": right}),
-                **fields,
-            )
+            return cls(campaign=campaign, left_face=left, right_face=right, screen=cls.screen_of({"left": left, "right": right}), **fields)
         assert face is not None
         return cls(campaign=campaign, face=face, screen=cls.screen_of({"single": face}), **fields)
 
@@ -344,18 +287,14 @@ class Assignment(models.Model):
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
     annotator = models.ForeignKey(User, on_delete=models.CASCADE, related_name="assignments")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    display_index = models.PositiveIntegerField(
-        help_text="Position of this item in the annotator's sequence."
-    )
+    display_index = models.PositiveIntegerField(help_text="Position of this item in the annotator's sequence.")
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
 
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["item", "annotator"], name="assignment_once_per_annotator"
-            ),
+            models.UniqueConstraint(fields=["item", "annotator"], name="assignment_once_per_annotator"),
         ]
         indexes = [
             models.Index(fields=["item", "status", "expires_at"]),
@@ -393,9 +332,7 @@ class Judgment(models.Model):
     flag = models.CharField(max_length=16, choices=Flag.choices, blank=True, default="")
     # What the annotator saw: for pairwise, the face shown on the left; the item's position in
     # their sequence; and how long the screen was up before they answered.
-    shown_left_face = models.ForeignKey(
-        Face, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
+    shown_left_face = models.ForeignKey(Face, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     display_index = models.PositiveIntegerField()
     time_on_screen_ms = models.PositiveIntegerField()
     idempotency_key = models.UUIDField(unique=True, default=uuid.uuid4)
@@ -405,9 +342,7 @@ class Judgment(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["item", "annotator"], name="judgment_once_per_annotator"
-            ),
+            models.UniqueConstraint(fields=["item", "annotator"], name="judgment_once_per_annotator"),
             models.CheckConstraint(
                 condition=(Q(rating__isnull=False) & Q(choice="") & Q(flag=""))
                 | (Q(rating__isnull=True) & ~Q(choice="") & Q(flag=""))

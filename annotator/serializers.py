@@ -70,9 +70,7 @@ class JudgmentCreateSerializer(serializers.Serializer):
     idempotency_key = serializers.UUIDField()
     item = serializers.IntegerField()
     rating = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=5)
-    choice = serializers.ChoiceField(
-        choices=Judgment.Choice.choices, required=False, allow_blank=True
-    )
+    choice = serializers.ChoiceField(choices=Judgment.Choice.choices, required=False, allow_blank=True)
     flag = serializers.ChoiceField(choices=Judgment.Flag.choices, required=False, allow_blank=True)
     time_on_screen_ms = serializers.IntegerField(min_value=0, max_value=24 * 3600 * 1000, default=0)
 
@@ -132,12 +130,8 @@ class CampaignSerializer(serializers.ModelSerializer):
     )
     progress = serializers.SerializerMethodField()
     min_face_px = serializers.FloatField(write_only=True, required=False, default=0, min_value=0)
-    min_confidence = serializers.FloatField(
-        write_only=True, required=False, default=0, min_value=0, max_value=1
-    )
-    max_pairs_per_prompt = serializers.IntegerField(
-        write_only=True, required=False, allow_null=True, min_value=1
-    )
+    min_confidence = serializers.FloatField(write_only=True, required=False, default=0, min_value=0, max_value=1)
+    max_pairs_per_prompt = serializers.IntegerField(write_only=True, required=False, allow_null=True, min_value=1)
     seed = serializers.IntegerField(write_only=True, required=False, default=0)
 
     class Meta:
@@ -162,15 +156,7 @@ class CampaignSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if self.instance is not None:
-            frozen = {
-                "protocol",
-                "datasets",
-                "overlap_k",
-                "min_face_px",
-                "min_confidence",
-                "max_pairs_per_prompt",
-                "seed",
-            }
+            frozen = {"protocol", "datasets", "overlap_k", "min_face_px", "min_confidence", "max_pairs_per_prompt", "seed"}
             changed = sorted(frozen & set(self.initial_data or {}))
             if changed:
                 raise serializers.ValidationError(
@@ -220,18 +206,7 @@ class FaceSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Face
-        fields = [
-            "id",
-            "generation",
-            "x0",
-            "y0",
-            "x1",
-            "y1",
-            "landmarks",
-            "detector",
-            "confidence",
-            "crop_url",
-        ]
+        fields = ["id", "generation", "x0", "y0", "x1", "y1", "landmarks", "detector", "confidence", "crop_url"]
 
     def get_crop_url(self, face: Face) -> str:
         return face_crop_url(face.pk)

@@ -7,9 +7,5 @@ from annotator.views import annotate, imports, research
 
 # The hot path first: its two URLs sit inside the API router's prefix.
 urlpatterns = (
-    hot_path.urlpatterns
-    + annotate.urlpatterns
-    + research.urlpatterns
-    + imports.urlpatterns
-    + api.urlpatterns
+    hot_path.urlpatterns + annotate.urlpatterns + research.urlpatterns + imports.urlpatterns + api.urlpatterns
 )

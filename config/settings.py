@@ -34,11 +34,7 @@ def envint(name: str, default: str) -> int:
 # Under pytest (which sets PYTEST_VERSION) each run gets its own var dir and queue names, so two
 # runs on one machine never share a database file, a broker folder or a Redis queue.
 _UNDER_TEST = bool(os.getenv("PYTEST_VERSION"))
-_DEFAULT_VAR = (
-    Path(tempfile.gettempdir()) / f"facebench-test-{os.getpid()}"
-    if _UNDER_TEST
-    else BASE_DIR / "var"
-)
+_DEFAULT_VAR = Path(tempfile.gettempdir()) / f"facebench-test-{os.getpid()}" if _UNDER_TEST else BASE_DIR / "var"
 VAR_DIR = Path(os.getenv("FACEBENCH_VAR_DIR", str(_DEFAULT_VAR)))
 DEBUG = envbool("DEBUG", "False")
 SECRET_KEY = os.getenv("SECRET_KEY", "facebench-insecure-development-key")
@@ -193,22 +189,15 @@ else:
     # A late-acked task running longer than the visibility timeout would be delivered twice.
     # A message not acknowledged within this many seconds (a killed worker's task) is delivered
     # again; keep it above the longest task, or a long task runs twice.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": envint("FACEBENCH_VISIBILITY_TIMEOUT", str(6 * 3600))
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("FACEBENCH_VISIBILITY_TIMEOUT", str(6 * 3600))}
 # Job state lives in the database (jobs.Job); Celery results are not needed.
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-FACEBENCH_QUEUE_PREFIX = os.getenv(
-    "FACEBENCH_QUEUE_PREFIX", f"test{os.getpid()}-" if _UNDER_TEST else ""
-)
-FACEBENCH_QUEUES = {
-    "default": FACEBENCH_QUEUE_PREFIX + "default",
-    "gpu": FACEBENCH_QUEUE_PREFIX + "gpu",
-}
+FACEBENCH_QUEUE_PREFIX = os.getenv("FACEBENCH_QUEUE_PREFIX", f"test{os.getpid()}-" if _UNDER_TEST else "")
+FACEBENCH_QUEUES = {"default": FACEBENCH_QUEUE_PREFIX + "default", "gpu": FACEBENCH_QUEUE_PREFIX + "gpu"}
 CELERY_TASK_DEFAULT_QUEUE = FACEBENCH_QUEUES["default"]
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -11,6 +11,7 @@ import annotator.models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
     dependencies = [
@@ -19,583 +20,224 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name="Dataset",
+            name='Dataset',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("name", models.CharField(max_length=200, unique=True)),
-                ("description", models.TextField(blank=True, default="")),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "created_by",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=200, unique=True)),
+                ('description', models.TextField(blank=True, default='')),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "ordering": ["name"],
+                'ordering': ['name'],
             },
         ),
         migrations.CreateModel(
-            name="Campaign",
+            name='Campaign',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("name", models.CharField(max_length=200)),
-                (
-                    "protocol",
-                    models.CharField(
-                        choices=[
-                            ("likert", "Rate one face 1–5"),
-                            ("pairwise", "Compare two faces"),
-                        ],
-                        max_length=16,
-                    ),
-                ),
-                ("instructions", models.TextField(blank=True, default="")),
-                (
-                    "overlap_k",
-                    models.PositiveSmallIntegerField(
-                        default=3, help_text="Judgments wanted per item."
-                    ),
-                ),
-                (
-                    "gold_share",
-                    models.FloatField(
-                        default=0.0, help_text="Share of served items that are gold items (0–1)."
-                    ),
-                ),
-                (
-                    "gold_tolerance",
-                    models.PositiveSmallIntegerField(
-                        default=1,
-                        help_text="Likert: a gold answer within this many points of the expected one counts as correct.",
-                    ),
-                ),
-                (
-                    "pause_threshold",
-                    models.FloatField(
-                        default=0.6,
-                        help_text="Pause an annotator whose gold accuracy falls under this share.",
-                    ),
-                ),
-                (
-                    "pause_min_gold",
-                    models.PositiveSmallIntegerField(
-                        default=4,
-                        help_text="Gold judgments needed before an annotator can be paused.",
-                    ),
-                ),
-                ("lease_seconds", models.PositiveIntegerField(default=600)),
-                (
-                    "blind",
-                    models.BooleanField(
-                        default=True, help_text="Annotators never see model names or metrics."
-                    ),
-                ),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("active", "Active"),
-                            ("paused", "Paused"),
-                            ("finished", "Finished"),
-                        ],
-                        default="active",
-                        max_length=16,
-                    ),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "created_by",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="+",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "datasets",
-                    models.ManyToManyField(
-                        blank=True, related_name="campaigns", to="annotator.dataset"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=200)),
+                ('protocol', models.CharField(choices=[('likert', 'Rate one face 1–5'), ('pairwise', 'Compare two faces')], max_length=16)),
+                ('instructions', models.TextField(blank=True, default='')),
+                ('overlap_k', models.PositiveSmallIntegerField(default=3, help_text='Judgments wanted per item.')),
+                ('gold_share', models.FloatField(default=0.0, help_text='Share of served items that are gold items (0–1).')),
+                ('gold_tolerance', models.PositiveSmallIntegerField(default=1, help_text='Likert: a gold answer within this many points of the expected one counts as correct.')),
+                ('pause_threshold', models.FloatField(default=0.6, help_text='Pause an annotator whose gold accuracy falls under this share.')),
+                ('pause_min_gold', models.PositiveSmallIntegerField(default=4, help_text='Gold judgments needed before an annotator can be paused.')),
+                ('lease_seconds', models.PositiveIntegerField(default=600)),
+                ('blind', models.BooleanField(default=True, help_text='Annotators never see model names or metrics.')),
+                ('status', models.CharField(choices=[('active', 'Active'), ('paused', 'Paused'), ('finished', 'Finished')], default='active', max_length=16)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('datasets', models.ManyToManyField(blank=True, related_name='campaigns', to='annotator.dataset')),
             ],
             options={
-                "ordering": ["-created_at", "-id"],
+                'ordering': ['-created_at', '-id'],
             },
         ),
         migrations.CreateModel(
-            name="Generation",
+            name='Generation',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "image",
-                    models.ImageField(
-                        height_field="height",
-                        upload_to=annotator.models.generation_upload_to,
-                        width_field="width",
-                    ),
-                ),
-                ("sha256", models.CharField(max_length=64)),
-                ("width", models.PositiveIntegerField(default=0)),
-                ("height", models.PositiveIntegerField(default=0)),
-                ("original_filename", models.CharField(blank=True, default="", max_length=500)),
-                ("prompt", models.TextField()),
-                ("model_name", models.CharField(max_length=200)),
-                ("model_version", models.CharField(blank=True, default="", max_length=200)),
-                ("seed", models.BigIntegerField(blank=True, null=True)),
-                ("sampler", models.JSONField(blank=True, default=dict)),
-                ("extra", models.JSONField(blank=True, default=dict)),
-                (
-                    "source",
-                    models.CharField(
-                        choices=[
-                            ("imported", "Imported"),
-                            ("generated", "Generated"),
-                            ("demo", "Demo"),
-                        ],
-                        default="imported",
-                        max_length=16,
-                    ),
-                ),
-                ("faces_detected_at", models.DateTimeField(blank=True, null=True)),
-                ("face_detector", models.CharField(blank=True, default="", max_length=100)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "dataset",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="generations",
-                        to="annotator.dataset",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('image', models.ImageField(height_field='height', upload_to=annotator.models.generation_upload_to, width_field='width')),
+                ('sha256', models.CharField(max_length=64)),
+                ('width', models.PositiveIntegerField(default=0)),
+                ('height', models.PositiveIntegerField(default=0)),
+                ('original_filename', models.CharField(blank=True, default='', max_length=500)),
+                ('prompt', models.TextField()),
+                ('model_name', models.CharField(max_length=200)),
+                ('model_version', models.CharField(blank=True, default='', max_length=200)),
+                ('seed', models.BigIntegerField(blank=True, null=True)),
+                ('sampler', models.JSONField(blank=True, default=dict)),
+                ('extra', models.JSONField(blank=True, default=dict)),
+                ('source', models.CharField(choices=[('imported', 'Imported'), ('generated', 'Generated'), ('demo', 'Demo')], default='imported', max_length=16)),
+                ('faces_detected_at', models.DateTimeField(blank=True, null=True)),
+                ('face_detector', models.CharField(blank=True, default='', max_length=100)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('dataset', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='generations', to='annotator.dataset')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.CreateModel(
-            name="Face",
+            name='Face',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("x0", models.FloatField()),
-                ("y0", models.FloatField()),
-                ("x1", models.FloatField()),
-                ("y1", models.FloatField()),
-                ("landmarks", models.JSONField(blank=True, null=True)),
-                ("detector", models.CharField(max_length=100)),
-                ("confidence", models.FloatField()),
-                (
-                    "generation",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="faces",
-                        to="annotator.generation",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('x0', models.FloatField()),
+                ('y0', models.FloatField()),
+                ('x1', models.FloatField()),
+                ('y1', models.FloatField()),
+                ('landmarks', models.JSONField(blank=True, null=True)),
+                ('detector', models.CharField(max_length=100)),
+                ('confidence', models.FloatField()),
+                ('generation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='faces', to='annotator.generation')),
             ],
             options={
-                "ordering": ["generation_id", "id"],
+                'ordering': ['generation_id', 'id'],
             },
         ),
         migrations.CreateModel(
-            name="Item",
+            name='Item',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("is_gold", models.BooleanField(default=False)),
-                ("gold_answer", models.CharField(blank=True, default="", max_length=16)),
-                ("judgments_wanted", models.PositiveSmallIntegerField(blank=True, null=True)),
-                ("judgment_count", models.PositiveSmallIntegerField(default=0)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "campaign",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="items",
-                        to="annotator.campaign",
-                    ),
-                ),
-                (
-                    "face",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="+",
-                        to="annotator.face",
-                    ),
-                ),
-                (
-                    "left_face",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="+",
-                        to="annotator.face",
-                    ),
-                ),
-                (
-                    "right_face",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="+",
-                        to="annotator.face",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('is_gold', models.BooleanField(default=False)),
+                ('gold_answer', models.CharField(blank=True, default='', max_length=16)),
+                ('judgments_wanted', models.PositiveSmallIntegerField(blank=True, null=True)),
+                ('judgment_count', models.PositiveSmallIntegerField(default=0)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('campaign', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='items', to='annotator.campaign')),
+                ('face', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotator.face')),
+                ('left_face', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotator.face')),
+                ('right_face', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotator.face')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.CreateModel(
-            name="Assignment",
+            name='Assignment',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("active", "Active"),
-                            ("submitted", "Submitted"),
-                            ("skipped", "Skipped"),
-                        ],
-                        default="active",
-                        max_length=16,
-                    ),
-                ),
-                (
-                    "display_index",
-                    models.PositiveIntegerField(
-                        help_text="Position of this item in the annotator's sequence."
-                    ),
-                ),
-                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
-                ("expires_at", models.DateTimeField()),
-                (
-                    "annotator",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="assignments",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "item",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="assignments",
-                        to="annotator.item",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('status', models.CharField(choices=[('active', 'Active'), ('submitted', 'Submitted'), ('skipped', 'Skipped')], default='active', max_length=16)),
+                ('display_index', models.PositiveIntegerField(help_text="Position of this item in the annotator's sequence.")),
+                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ('expires_at', models.DateTimeField()),
+                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='assignments', to=settings.AUTH_USER_MODEL)),
+                ('item', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='assignments', to='annotator.item')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.CreateModel(
-            name="Judgment",
+            name='Judgment',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("rating", models.PositiveSmallIntegerField(blank=True, null=True)),
-                (
-                    "choice",
-                    models.CharField(
-                        blank=True,
-                        choices=[
-                            ("left", "Left better"),
-                            ("right", "Right better"),
-                            ("tie", "Tie"),
-                            ("both_bad", "Both bad"),
-                        ],
-                        default="",
-                        max_length=16,
-                    ),
-                ),
-                (
-                    "flag",
-                    models.CharField(
-                        blank=True,
-                        choices=[("broken", "Broken image or no face")],
-                        default="",
-                        max_length=16,
-                    ),
-                ),
-                ("display_index", models.PositiveIntegerField()),
-                ("time_on_screen_ms", models.PositiveIntegerField()),
-                ("idempotency_key", models.UUIDField(default=uuid.uuid4, unique=True)),
-                ("gold_correct", models.BooleanField(blank=True, null=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "annotator",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="judgments",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "assignment",
-                    models.OneToOneField(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="judgment",
-                        to="annotator.assignment",
-                    ),
-                ),
-                (
-                    "item",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="judgments",
-                        to="annotator.item",
-                    ),
-                ),
-                (
-                    "shown_left_face",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="annotator.face",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('rating', models.PositiveSmallIntegerField(blank=True, null=True)),
+                ('choice', models.CharField(blank=True, choices=[('left', 'Left better'), ('right', 'Right better'), ('tie', 'Tie'), ('both_bad', 'Both bad')], default='', max_length=16)),
+                ('flag', models.CharField(blank=True, choices=[('broken', 'Broken image or no face')], default='', max_length=16)),
+                ('display_index', models.PositiveIntegerField()),
+                ('time_on_screen_ms', models.PositiveIntegerField()),
+                ('idempotency_key', models.UUIDField(default=uuid.uuid4, unique=True)),
+                ('gold_correct', models.BooleanField(blank=True, null=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='judgments', to=settings.AUTH_USER_MODEL)),
+                ('assignment', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='judgment', to='annotator.assignment')),
+                ('item', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to='annotator.item')),
+                ('shown_left_face', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='annotator.face')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.CreateModel(
-            name="Membership",
+            name='Membership',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("pseudonym", models.CharField(default="", max_length=32)),
-                ("items_served", models.PositiveIntegerField(default=0)),
-                ("gold_served", models.PositiveIntegerField(default=0)),
-                ("gold_judged", models.PositiveIntegerField(default=0)),
-                ("gold_correct", models.PositiveIntegerField(default=0)),
-                ("paused_at", models.DateTimeField(blank=True, null=True)),
-                ("pause_reason", models.TextField(blank=True, default="")),
-                ("joined_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "annotator",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="memberships",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "campaign",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="memberships",
-                        to="annotator.campaign",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('pseudonym', models.CharField(default='', max_length=32)),
+                ('items_served', models.PositiveIntegerField(default=0)),
+                ('gold_served', models.PositiveIntegerField(default=0)),
+                ('gold_judged', models.PositiveIntegerField(default=0)),
+                ('gold_correct', models.PositiveIntegerField(default=0)),
+                ('paused_at', models.DateTimeField(blank=True, null=True)),
+                ('pause_reason', models.TextField(blank=True, default='')),
+                ('joined_at', models.DateTimeField(auto_now_add=True)),
+                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to=settings.AUTH_USER_MODEL)),
+                ('campaign', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='annotator.campaign')),
             ],
         ),
         migrations.AddField(
-            model_name="campaign",
-            name="annotators",
-            field=models.ManyToManyField(
-                related_name="campaigns",
-                through="annotator.Membership",
-                to=settings.AUTH_USER_MODEL,
-            ),
+            model_name='campaign',
+            name='annotators',
+            field=models.ManyToManyField(related_name='campaigns', through='annotator.Membership', to=settings.AUTH_USER_MODEL),
         ),
         migrations.AddIndex(
-            model_name="generation",
-            index=models.Index(fields=["dataset", "prompt"], name="annotator_g_dataset_6cf5d6_idx"),
+            model_name='generation',
+            index=models.Index(fields=['dataset', 'prompt'], name='annotator_g_dataset_6cf5d6_idx'),
         ),
         migrations.AddConstraint(
-            model_name="generation",
-            constraint=models.UniqueConstraint(
-                fields=("dataset", "sha256"), name="generation_unique_image_per_dataset"
-            ),
+            model_name='generation',
+            constraint=models.UniqueConstraint(fields=('dataset', 'sha256'), name='generation_unique_image_per_dataset'),
         ),
         migrations.AddConstraint(
-            model_name="face",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("x1__gt", models.F("x0")), ("y1__gt", models.F("y0"))),
-                name="face_box_not_empty",
-            ),
+            model_name='face',
+            constraint=models.CheckConstraint(condition=models.Q(('x1__gt', models.F('x0')), ('y1__gt', models.F('y0'))), name='face_box_not_empty'),
         ),
         migrations.AddIndex(
-            model_name="item",
-            index=models.Index(
-                fields=["campaign", "is_gold", "judgment_count"],
-                name="annotator_i_campaig_a7ccc9_idx",
-            ),
+            model_name='item',
+            index=models.Index(fields=['campaign', 'is_gold', 'judgment_count'], name='annotator_i_campaig_a7ccc9_idx'),
         ),
         migrations.AddConstraint(
-            model_name="item",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    ("judgments_wanted__isnull", True),
-                    ("judgment_count__lte", models.F("judgments_wanted")),
-                    _connector="OR",
-                ),
-                name="item_at_most_k_judgments",
-            ),
+            model_name='item',
+            constraint=models.CheckConstraint(condition=models.Q(('judgments_wanted__isnull', True), ('judgment_count__lte', models.F('judgments_wanted')), _connector='OR'), name='item_at_most_k_judgments'),
         ),
         migrations.AddConstraint(
-            model_name="item",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    models.Q(
-                        ("face__isnull", False),
-                        ("left_face__isnull", True),
-                        ("right_face__isnull", True),
-                    ),
-                    models.Q(
-                        ("face__isnull", True),
-                        ("left_face__isnull", False),
-                        ("right_face__isnull", False),
-                    ),
-                    _connector="OR",
-                ),
-                name="item_is_one_face_or_a_pair",
-            ),
+            model_name='item',
+            constraint=models.CheckConstraint(condition=models.Q(models.Q(('face__isnull', False), ('left_face__isnull', True), ('right_face__isnull', True)), models.Q(('face__isnull', True), ('left_face__isnull', False), ('right_face__isnull', False)), _connector='OR'), name='item_is_one_face_or_a_pair'),
         ),
         migrations.AddConstraint(
-            model_name="item",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    ("is_gold", False),
-                    models.Q(("gold_answer", ""), _negated=True),
-                    _connector="OR",
-                ),
-                name="item_gold_has_answer",
-            ),
+            model_name='item',
+            constraint=models.CheckConstraint(condition=models.Q(('is_gold', False), models.Q(('gold_answer', ''), _negated=True), _connector='OR'), name='item_gold_has_answer'),
         ),
         migrations.AddIndex(
-            model_name="assignment",
-            index=models.Index(
-                fields=["item", "status", "expires_at"], name="annotator_a_item_id_5f679e_idx"
-            ),
+            model_name='assignment',
+            index=models.Index(fields=['item', 'status', 'expires_at'], name='annotator_a_item_id_5f679e_idx'),
         ),
         migrations.AddConstraint(
-            model_name="assignment",
-            constraint=models.UniqueConstraint(
-                fields=("item", "annotator"), name="assignment_once_per_annotator"
-            ),
+            model_name='assignment',
+            constraint=models.UniqueConstraint(fields=('item', 'annotator'), name='assignment_once_per_annotator'),
         ),
         migrations.AddConstraint(
-            model_name="judgment",
-            constraint=models.UniqueConstraint(
-                fields=("item", "annotator"), name="judgment_once_per_annotator"
-            ),
+            model_name='judgment',
+            constraint=models.UniqueConstraint(fields=('item', 'annotator'), name='judgment_once_per_annotator'),
         ),
         migrations.AddConstraint(
-            model_name="judgment",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    models.Q(("rating__isnull", False), ("choice", ""), ("flag", "")),
-                    models.Q(
-                        ("rating__isnull", True),
-                        models.Q(("choice", ""), _negated=True),
-                        ("flag", ""),
-                    ),
-                    models.Q(
-                        ("rating__isnull", True),
-                        ("choice", ""),
-                        models.Q(("flag", ""), _negated=True),
-                    ),
-                    _connector="OR",
-                ),
-                name="judgment_exactly_one_answer",
-            ),
+            model_name='judgment',
+            constraint=models.CheckConstraint(condition=models.Q(models.Q(('rating__isnull', False), ('choice', ''), ('flag', '')), models.Q(('rating__isnull', True), models.Q(('choice', ''), _negated=True), ('flag', '')), models.Q(('rating__isnull', True), ('choice', ''), models.Q(('flag', ''), _negated=True)), _connector='OR'), name='judgment_exactly_one_answer'),
         ),
         migrations.AddConstraint(
-            model_name="judgment",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    ("rating__isnull", True),
-                    models.Q(("rating__gte", 1), ("rating__lte", 5)),
-                    _connector="OR",
-                ),
-                name="judgment_rating_1_to_5",
-            ),
+            model_name='judgment',
+            constraint=models.CheckConstraint(condition=models.Q(('rating__isnull', True), models.Q(('rating__gte', 1), ('rating__lte', 5)), _connector='OR'), name='judgment_rating_1_to_5'),
         ),
         migrations.AddConstraint(
-            model_name="membership",
-            constraint=models.UniqueConstraint(
-                fields=("campaign", "annotator"), name="membership_unique"
-            ),
+            model_name='membership',
+            constraint=models.UniqueConstraint(fields=('campaign', 'annotator'), name='membership_unique'),
         ),
         migrations.AddConstraint(
-            model_name="membership",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("gold_correct__lte", models.F("gold_judged"))),
-                name="membership_gold_correct_le_judged",
-            ),
+            model_name='membership',
+            constraint=models.CheckConstraint(condition=models.Q(('gold_correct__lte', models.F('gold_judged'))), name='membership_gold_correct_le_judged'),
         ),
         migrations.AddConstraint(
-            model_name="campaign",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("gold_share__gte", 0), ("gold_share__lte", 1)),
-                name="campaign_gold_share_0_1",
-            ),
+            model_name='campaign',
+            constraint=models.CheckConstraint(condition=models.Q(('gold_share__gte', 0), ('gold_share__lte', 1)), name='campaign_gold_share_0_1'),
         ),
         migrations.AddConstraint(
-            model_name="campaign",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("overlap_k__gte", 1)), name="campaign_overlap_k_positive"
-            ),
+            model_name='campaign',
+            constraint=models.CheckConstraint(condition=models.Q(('overlap_k__gte', 1)), name='campaign_overlap_k_positive'),
         ),
         migrations.AddConstraint(
-            model_name="campaign",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("pause_threshold__gte", 0), ("pause_threshold__lte", 1)),
-                name="campaign_pause_threshold_0_1",
-            ),
+            model_name='campaign',
+            constraint=models.CheckConstraint(condition=models.Q(('pause_threshold__gte', 0), ('pause_threshold__lte', 1)), name='campaign_pause_threshold_0_1'),
         ),
     ]

@@ -4,19 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotator", "0002_role_groups"),
+        ('annotator', '0002_role_groups'),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name="item",
-            name="annotator_i_campaig_a7ccc9_idx",
+            model_name='item',
+            name='annotator_i_campaig_a7ccc9_idx',
         ),
         migrations.AddIndex(
-            model_name="item",
-            index=models.Index(
-                fields=["campaign", "is_gold", "-judgment_count", "id"], name="item_claim_order"
-            ),
+            model_name='item',
+            index=models.Index(fields=['campaign', 'is_gold', '-judgment_count', 'id'], name='item_claim_order'),
         ),
     ]

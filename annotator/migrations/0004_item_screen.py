@@ -5,15 +5,9 @@ from django.db import migrations, models
 
 def fill_screens(apps, schema_editor):
     Item = apps.get_model("annotator", "Item")
-    items = Item.objects.select_related(
-        "face__generation", "left_face__generation", "right_face__generation"
-    )
+    items = Item.objects.select_related("face__generation", "left_face__generation", "right_face__generation")
     for item in items.iterator(chunk_size=1000):
-        faces = (
-            {"single": item.face}
-            if item.face_id
-            else {"left": item.left_face, "right": item.right_face}
-        )
+        faces = {"single": item.face} if item.face_id else {"left": item.left_face, "right": item.right_face}
         item.screen = [
             {
                 "position": position,
@@ -27,14 +21,15 @@ def fill_screens(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotator", "0003_item_claim_order"),
+        ('annotator', '0003_item_claim_order'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="item",
-            name="screen",
+            model_name='item',
+            name='screen',
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.RunPython(fill_screens, migrations.RunPython.noop),

@@ -5,18 +5,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotator", "0004_item_screen"),
+        ('annotator', '0004_item_screen'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name="assignment",
-            index=models.Index(
-                condition=models.Q(("status", "active")),
-                fields=["annotator", "display_index"],
-                name="assignment_held_leases",
-            ),
+            model_name='assignment',
+            index=models.Index(condition=models.Q(('status', 'active')), fields=['annotator', 'display_index'], name='assignment_held_leases'),
         ),
     ]

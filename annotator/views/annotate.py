@@ -102,23 +102,18 @@ def annotate(request: HttpRequest, pk: int) -> HttpResponse:
 def item_image(request: HttpRequest, item_id: int, position: str, kind: str) -> HttpResponseBase:
     """A face of an item (``crop``) or its whole image (``whole``), for the annotator who holds
     that item and for researchers. Image ids never appear in what annotators are sent."""
-    if (
-        not is_researcher(request.user)
-        and not Assignment.objects.filter(item_id=item_id, annotator_id=request.user.pk).exists()
-    ):
+    if not is_researcher(request.user) and not Assignment.objects.filter(
+        item_id=item_id, annotator_id=request.user.pk
+    ).exists():
         raise PermissionDenied("This item is not assigned to you.")
     item = get_object_or_404(
-        Item.objects.select_related(
-            "face__generation", "left_face__generation", "right_face__generation"
-        ),
+        Item.objects.select_related("face__generation", "left_face__generation", "right_face__generation"),
         pk=item_id,
     )
     face = {"single": item.face, "left": item.left_face, "right": item.right_face}.get(position)
     if face is None:
         raise Http404("This item has no face at that position.")
-    return (
-        face_crop_response(face) if kind == "crop" else generation_image_response(face.generation)
-    )
+    return face_crop_response(face) if kind == "crop" else generation_image_response(face.generation)
 
 
 urlpatterns: list[URLPattern] = [

@@ -285,9 +285,7 @@ def face_crop_response(face: Face) -> HttpResponseBase:
 @login_required
 def generation_image(request: HttpRequest, pk: int) -> HttpResponseBase:
     require_researcher(request)
-    return generation_image_response(
-        get_object_or_404(Generation.objects.only("id", "image"), pk=pk)
-    )
+    return generation_image_response(get_object_or_404(Generation.objects.only("id", "image"), pk=pk))
 
 
 @login_required

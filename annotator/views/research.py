@@ -27,26 +27,15 @@ def _get_campaign_for_researcher(request: HttpRequest, pk: int) -> Campaign:
 
 
 class CampaignForm(forms.ModelForm):
-    datasets = forms.ModelMultipleChoiceField(
-        queryset=Dataset.objects.all(), widget=forms.CheckboxSelectMultiple
-    )
+    datasets = forms.ModelMultipleChoiceField(queryset=Dataset.objects.all(), widget=forms.CheckboxSelectMultiple)
     annotators = forms.ModelMultipleChoiceField(
         queryset=User.objects.filter(groups__name=ANNOTATOR).order_by("username"),
         widget=forms.CheckboxSelectMultiple,
         required=False,
     )
-    min_face_px = forms.FloatField(
-        initial=0, min_value=0, help_text="Leave out faces smaller than this (pixels)."
-    )
-    min_confidence = forms.FloatField(
-        initial=0.5,
-        min_value=0,
-        max_value=1,
-        help_text="Leave out detections less certain than this.",
-    )
-    max_pairs_per_prompt = forms.IntegerField(
-        required=False, min_value=1, help_text="Pairwise: cap on pairs per prompt."
-    )
+    min_face_px = forms.FloatField(initial=0, min_value=0, help_text="Leave out faces smaller than this (pixels).")
+    min_confidence = forms.FloatField(initial=0.5, min_value=0, max_value=1, help_text="Leave out detections less certain than this.")
+    max_pairs_per_prompt = forms.IntegerField(required=False, min_value=1, help_text="Pairwise: cap on pairs per prompt.")
     seed = forms.IntegerField(initial=0, help_text="Seeds the left/right order of pairs.")
 
     class Meta:
@@ -76,9 +65,7 @@ def campaign_create(request: HttpRequest) -> HttpResponse:
         except Refused as error:
             form.add_error(None, error.message)
         else:
-            messages.success(
-                request, f"Campaign “{campaign.name}” created with {campaign.items.count()} items."
-            )
+            messages.success(request, f"Campaign “{campaign.name}” created with {campaign.items.count()} items.")
             return redirect("campaign-detail", pk=campaign.pk)
     return render(request, "annotator/research/campaign_form.html", {"form": form})
 
@@ -91,19 +78,9 @@ def annotator_rows(campaign: Campaign) -> list[dict[str, Any]]:
         .annotate(n=Count("id"), mean_ms=Avg("time_on_screen_ms"))
     }
     rows = []
-    for m in (
-        Membership.objects.filter(campaign=campaign)
-        .select_related("annotator")
-        .order_by("annotator__username")
-    ):
+    for m in Membership.objects.filter(campaign=campaign).select_related("annotator").order_by("annotator__username"):
         s: dict[str, Any] = dict(stats.get(m.annotator_id, {}))
-        rows.append(
-            {
-                "membership": m,
-                "judgments": s.get("n", 0),
-                "mean_seconds": (s.get("mean_ms") or 0) / 1000,
-            }
-        )
+        rows.append({"membership": m, "judgments": s.get("n", 0), "mean_seconds": (s.get("mean_ms") or 0) / 1000})
     return rows
 
 

@@ -46,9 +46,7 @@ class Command(BaseCommand):
         parser.add_argument("--seeds", type=int, default=2, help="framings per photo")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        users = {
-            username: self._user(username, password, role) for username, password, role in USERS
-        }
+        users = {username: self._user(username, password, role) for username, password, role in USERS}
         dataset = Dataset.objects.filter(name=DATASET).first()
         if dataset is None:
             dataset = self._import(options["seeds"], users["researcher"])
@@ -60,8 +58,7 @@ class Command(BaseCommand):
 
     def _user(self, username: str, password: str, role: str) -> User:
         user, created = User.objects.get_or_create(
-            username=username,
-            defaults={"is_staff": role == "admin", "is_superuser": role == "admin"},
+            username=username, defaults={"is_staff": role == "admin", "is_superuser": role == "admin"}
         )
         if created:
             user.set_password(password)
@@ -89,9 +86,7 @@ class Command(BaseCommand):
             with tempfile.TemporaryDirectory() as tmp:
                 folder = write_demo_folder(Path(tmp), largest_face, seeds=seeds)
                 report = import_generations(dataset=dataset, source=folder, created_by=researcher)
-        self.stdout.write(
-            f"Imported {report.imported} demo generations ({report.rejected} rejected)."
-        )
+        self.stdout.write(f"Imported {report.imported} demo generations ({report.rejected} rejected).")
         counts = detect_faces_for_generations(generation_ids=report.generation_ids)
         self.stdout.write(
             f"Detected {counts['faces']} faces; {counts['no_face']} images with no face."
@@ -116,15 +111,9 @@ class Command(BaseCommand):
             **common,
         )
         # Gold: the untouched photos should get 4–5, the inpainted (featureless) faces 1–2.
-        faces = Face.objects.filter(
-            generation__dataset=dataset, confidence__gte=0.5
-        ).select_related("generation")
+        faces = Face.objects.filter(generation__dataset=dataset, confidence__gte=0.5).select_related("generation")
         expected = {ORIGINAL_DM: "5", "demo-inpaint": "1"}
-        answers = {
-            f: expected[f.generation.model_name]
-            for f in faces
-            if f.generation.model_name in expected
-        }
+        answers = {f: expected[f.generation.model_name] for f in faces if f.generation.model_name in expected}
         add_gold_items(campaign=likert, answers=dict(list(answers.items())[:6]))
         pairwise = create_campaign(
             name="Demo pairwise: which face is better?",
