@@ -30,7 +30,7 @@ demo: venv
 	echo "  FaceBench is running at http://$(HOST):$(PORT)/  (Celery worker log: var/worker.log)"; \
 	echo "  Demo logins are printed above. Stop with Ctrl-C."; \
 	echo ""; \
-	$(BIN)/gunicorn config.wsgi -b $(HOST):$(PORT) -w 2 --threads 4 --access-logfile - --log-level warning
+	$(BIN)/gunicorn config.wsgi -b $(HOST):$(PORT) -w 2 --threads 4 --preload --access-logfile - --log-level warning
 
 lint: venv
 	$(BIN)/ruff check .

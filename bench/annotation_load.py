@@ -582,7 +582,7 @@ def main() -> int:
     env.pop("PYTEST_VERSION", None)
     command = [
         sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(args.workers),
-        "-k", args.worker_class, "--log-level", "warning",
+        "-k", args.worker_class, "--preload", "--log-level", "warning",
     ]  # fmt: skip
     if args.worker_class == "gthread":  # (gunicorn turns sync with threads > 1 into gthread)
         command += ["--threads", str(args.threads), "--keep-alive", "75"]
