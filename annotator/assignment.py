@@ -689,6 +689,7 @@ _JUDGMENT_COLUMNS = (
 # Which campaigns an answer fits without a look at the campaign: a flag fits any.
 _PROTOCOL_OF_ANSWER = {"rating": Campaign.Protocol.LIKERT, "choice": Campaign.Protocol.PAIRWISE}
 
+# ``{who}`` is the annotator's id in the statement (``_who``: a parameter or the caller's subquery).
 _SUBMIT_AT_ONCE = (
     "WITH target AS (SELECT i.id AS item_id, a.annotator_id, a.id AS assignment_id, a.display_index,"
     " i.left_face_id"

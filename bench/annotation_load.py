@@ -53,6 +53,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import uvloop
+except ImportError:  # the generator then runs on asyncio's own loop, at more CPU per request
+    uvloop = None
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -496,23 +501,11 @@ def _backend_pids(url: str) -> list[int]:
     return [pid for (pid,) in rows if pid not in own]
 
 
-def _loop_name() -> str:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
-
-
 def _run_loop(main: Any) -> Any:
     """Run the annotators on uvloop (a dev dependency) when it is installed: its connections and
     transports are C, which takes about a third off the generator's CPU per request on the cores
     it shares with the server."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+    return uvloop.run(main) if uvloop is not None else asyncio.run(main)
 
 
 def _load() -> str:
@@ -524,7 +517,7 @@ def main() -> int:
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20)
     # Sync workers, two per core: a request holds its worker while it waits on PostgreSQL (now
-    # two to six round trips), and threads in one process would share one interpreter lock (gthread
+    # one to six round trips), and threads in one process would share one interpreter lock (gthread
     # 3×4 measured p95 ~3× higher at the same offered load on this 2-core machine). More workers
     # only add context switches: at an offered 300/s, 4 workers spent 3.3-3.4 ms of CPU per
     # judgment and 6 workers 3.7-3.8, 8 workers 3.9.
@@ -610,7 +603,7 @@ def main() -> int:
         print(f"gunicorn: {' '.join(command[2:]).replace(str(port), 'PORT')}")
         print(
             f"{args.annotators} annotators ({args.auth} auth), {pace}, {args.seconds:.0f} s, PostgreSQL, "
-            f"{os.cpu_count()} CPUs, client loop {_loop_name()}; load average before: {_load()}"
+            f"{os.cpu_count()} CPUs, client loop {'uvloop' if uvloop is not None else 'asyncio'}; load average before: {_load()}"
         )
         run = _run_loop(drive(port, campaign, chosen, args, gunicorn.pid, url))
         load_after = _load()
